@@ -1,0 +1,23 @@
+"""Runtimes: where sandboxes really live. They know nothing of HTTP.
+
+`make_runtime` picks one by name; the lifecycle service and the embedded execd talk to it
+only through `runtimes.base.Runtime`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runtimes.base import Runtime
+
+
+def make_runtime(kind: str, **options: Any) -> Runtime:
+    if kind == "fake":
+        from runtimes.fake import FakeRuntime
+
+        return FakeRuntime(**options)
+    if kind == "docker":
+        from runtimes.docker import DockerRuntime  # type: ignore[import-not-found]
+
+        return DockerRuntime(**options)  # type: ignore[no-any-return]
+    raise ValueError(f"unknown runtime type {kind!r}; expected 'fake' or 'docker'")

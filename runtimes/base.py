@@ -1,0 +1,245 @@
+"""The contract between the server and a runtime.
+
+A runtime provisions sandboxes and runs processes inside them. The lifecycle service uses
+`create`/`pause`/`resume`/`destroy`/`inspect`; the embedded execd uses `spawn`, `usage`,
+`port_address` and (for files) `filesystem`. Nothing here mentions HTTP: failures are the
+small exception classes below, each carrying an upstream-style error code, and the server
+decides which HTTP status they become.
+"""
+
+from __future__ import annotations
+
+import enum
+import signal as signals
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import ClassVar, Protocol
+
+# --- what a sandbox is made from ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VolumeMount:
+    """One volume of the create request, already validated by the server.
+
+    `source` is the resolved host directory for `host` volumes (subPath applied, symlinks
+    resolved) and the claim name for `pvc` volumes (the runtime resolves it).
+    """
+
+    name: str
+    kind: str  # "host" | "pvc"
+    source: str
+    mount_path: str
+    read_only: bool = False
+    sub_path: str | None = None
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    sandbox_id: str
+    image: str
+    entrypoint: Sequence[str]
+    env: Mapping[str, str] = field(default_factory=dict)
+    resource_limits: Mapping[str, str] = field(default_factory=dict)
+    volumes: Sequence[VolumeMount] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    image_auth: tuple[str, str] | None = None
+
+
+# --- what a runtime reports ----------------------------------------------------------------
+
+
+class Phase(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    EXITED = "exited"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class RuntimeStatus:
+    phase: Phase
+    exit_code: int | None = None
+    finished_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How a process ended: an exit code, or the signal that killed it."""
+
+    code: int | None = None
+    signal: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """The code execd reports: the exit code, or -1 for a signal (as Go does)."""
+        return -1 if self.code is None else self.code
+
+    @property
+    def description(self) -> str:
+        """Go's `ProcessState.String()` wording, which execd puts in `error`."""
+        if self.signal is not None:
+            names = {signals.SIGKILL: "killed", signals.SIGTERM: "terminated",
+                     signals.SIGINT: "interrupt", signals.SIGHUP: "hangup"}
+            sig = signals.Signals(self.signal)
+            return f"signal: {names.get(sig, sig.name.lower())}"
+        return f"exit status {self.code}"
+
+
+@dataclass(frozen=True)
+class ResourceUsage:
+    cpu_count: float
+    cpu_used_pct: float
+    mem_total_mib: float
+    mem_used_mib: float
+
+
+@dataclass(frozen=True)
+class SpawnRequest:
+    """A process to start inside a sandbox, in its own process group.
+
+    `env` is added on top of the sandbox's own environment. With `merge_stderr` the process
+    writes both streams into `stdout`, in write order (background commands need that).
+    """
+
+    argv: Sequence[str]
+    cwd: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    uid: int | None = None
+    gid: int | None = None
+    merge_stderr: bool = False
+
+
+class ProcessOutput(Protocol):
+    async def read(self, max_bytes: int) -> bytes:
+        """Up to `max_bytes` bytes, waiting for at least one; `b""` at end of stream."""
+        ...
+
+
+class SandboxProcess(ABC):
+    """A process started with `Runtime.spawn`."""
+
+    stdout: ProcessOutput
+    stderr: ProcessOutput | None
+
+    @abstractmethod
+    async def wait(self) -> ExitStatus:
+        """Wait for the process itself (not its group) to exit."""
+
+    @abstractmethod
+    async def signal_group(self, sig: int) -> None:
+        """Send `sig` to the process's whole group; a group already gone is not an error."""
+
+
+# --- failures ------------------------------------------------------------------------------
+
+
+class RuntimeFailure(Exception):
+    """A runtime operation failed. `code` is an upstream-style code such as
+    `VOLUME::PVC_NOT_FOUND`; `status` hints at the HTTP status (400 for a bad request,
+    404 for something missing, 500 for the runtime's own failure)."""
+
+    code: str = "RUNTIME_ERROR"
+    status: int = 500
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+
+
+class SandboxMissing(RuntimeFailure):
+    status = 404
+    code = "DOCKER::SANDBOX_NOT_FOUND"
+
+    def __init__(self, sandbox_id: str):
+        super().__init__(f"Sandbox {sandbox_id} not found.")
+
+
+class SpawnFailed(RuntimeFailure):
+    """The process could not start (a missing cwd or shell). The message names the cause."""
+
+    code = "RUNTIME_ERROR"
+    status = 500
+
+
+class PathReadOnly(RuntimeFailure):
+    status = 403
+    code = "FILE_READ_ONLY"
+
+
+# --- the interface -----------------------------------------------------------------------
+
+
+class Runtime(ABC):
+    name: ClassVar[str]
+
+    @property
+    def isolation(self) -> str:
+        """A short description of how sandboxes are isolated, shown in `/health`."""
+        return "none"
+
+    @property
+    def warnings(self) -> list[str]:
+        """Problems worth shouting about at start-up (and in `/health`)."""
+        return []
+
+    async def start(self) -> list[SandboxSpec]:
+        """Called once when the server starts. Returns the sandboxes the runtime already
+        holds (adopted after a restart); the default runtime holds none."""
+        return []
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Stop every sandbox's processes and release what the runtime holds, except what
+        must outlive the server (Docker containers survive a restart on purpose)."""
+
+    async def resolve_named_volume(self, claim_name: str, sub_path: str | None) -> str:
+        """Check that a `pvc` volume exists (and its subPath); return a description of it.
+        Raises `RuntimeFailure` with a `VOLUME::…` code."""
+        raise RuntimeFailure("This runtime has no named volumes.",
+                             code="VOLUME::PVC_NOT_FOUND", status=400)
+
+    @abstractmethod
+    async def create(self, spec: SandboxSpec) -> None:
+        """Provision the sandbox and start its entrypoint as the main process."""
+
+    @abstractmethod
+    async def pause(self, sandbox_id: str) -> None:
+        """Freeze every process of the sandbox."""
+
+    @abstractmethod
+    async def resume(self, sandbox_id: str) -> None:
+        """Continue what `pause` froze."""
+
+    @abstractmethod
+    async def destroy(self, sandbox_id: str) -> None:
+        """Kill every process of the sandbox and remove what it owned. Idempotent."""
+
+    @abstractmethod
+    async def inspect(self, sandbox_id: str) -> RuntimeStatus:
+        """The sandbox's current phase; raises `SandboxMissing` when it is gone."""
+
+    async def set_expiry(self, sandbox_id: str, expires_at: datetime | None) -> None:  # noqa: B027
+        """Record a new expiry where the runtime keeps one (Docker labels); optional."""
+
+    @abstractmethod
+    async def spawn(self, sandbox_id: str, request: SpawnRequest) -> SandboxProcess:
+        """Start a process inside the sandbox, in its own process group.
+        Raises `SpawnFailed` with a message that names what is missing."""
+
+    @abstractmethod
+    async def port_address(self, sandbox_id: str, port: int) -> tuple[str, int]:
+        """Where the sandbox's `port` can be reached from the server: `(host, port)`."""
+
+    @abstractmethod
+    async def usage(self, sandbox_id: str) -> ResourceUsage:
+        """CPU and memory of the sandbox's own processes, against what it may use."""

@@ -1,0 +1,108 @@
+"""The one dispatch layer: `(sandbox, port, request)` to wherever that port lives.
+
+Both the gateway listener and the server proxy route end here. Port 44772 is the sandbox's
+execd, served in-process by the embedded execd app; any other port is forwarded to the
+address the runtime gives for it. Every refusal has the `{"code","message"}` body:
+an unknown sandbox is 404, a paused one 503, a port where nothing listens 502.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from runtimes.base import RuntimeFailure
+from server.access.forward import HttpForwarder, forward_websocket
+from server.errors import (
+    ApiError,
+    ExecdUnauthorized,
+    SandboxNotFound,
+    SandboxNotReachable,
+    SandboxPaused,
+    send_error,
+)
+from server.execd.sandbox import SCOPE_KEY, ExecdHub
+from server.lifecycle.service import SandboxService, runtime_error
+
+EXECD_PORT = 44772
+TOKEN_HEADER = "x-execd-access-token"
+
+
+class Dispatcher:
+    def __init__(self, service: SandboxService, hub: ExecdHub, execd_app: ASGIApp):
+        self.service = service
+        self.hub = hub
+        self.execd_app = execd_app
+        self.http = HttpForwarder()
+
+    async def close(self) -> None:
+        await self.http.close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, *, sandbox_id: str,
+                       port: int, path: str) -> None:
+        """Serve one request (or WebSocket) for `port` of `sandbox_id`, at `path`."""
+        try:
+            await self._check(scope, sandbox_id, port)
+        except ApiError as error:
+            await send_error(scope, send, error)
+            return
+        try:
+            if port == EXECD_PORT:
+                await self._to_execd(scope, receive, send, sandbox_id, path)
+            else:
+                await self._to_port(scope, receive, send, sandbox_id, port, path)
+        except ApiError as error:
+            await send_error(scope, send, error)
+        except RuntimeFailure as error:
+            await send_error(scope, send, runtime_error(error))
+
+    async def _check(self, scope: Scope, sandbox_id: str, port: int) -> None:
+        if not 1 <= port <= 65535:
+            raise ApiError(f"Port must be between 1 and 65535 (got {port}).",
+                           code="DOCKER::INVALID_PORT", status_code=400)
+        if not self.service.exists(sandbox_id):
+            raise SandboxNotFound(sandbox_id)
+        state = await self.service.state(sandbox_id)
+        if state.state in ("Paused", "Pausing"):
+            raise SandboxPaused(sandbox_id)
+        if state.state != "Running":
+            raise SandboxNotReachable(f"Sandbox {sandbox_id} is {state.state} "
+                                      f"({state.message}); its ports cannot be reached.")
+        if port == EXECD_PORT:
+            token = self.hub.get(sandbox_id).access_token
+            if token is not None:
+                given = _header(scope, TOKEN_HEADER)
+                if given is None or not hmac.compare_digest(given.encode(), token.encode()):
+                    raise ExecdUnauthorized(
+                        f"{'Missing' if given is None else 'Invalid'} X-EXECD-ACCESS-TOKEN "
+                        "header. This server gives each sandbox its own execd token: read it "
+                        f"from the `headers` of GET /v1/sandboxes/{sandbox_id}/endpoints/"
+                        f"{EXECD_PORT} and send it with every execd request.")
+
+    async def _to_execd(self, scope: Scope, receive: Receive, send: Send, sandbox_id: str,
+                        path: str) -> None:
+        child = dict(scope)
+        child["path"] = path or "/"
+        child["raw_path"] = (path or "/").encode()
+        child["root_path"] = ""
+        child[SCOPE_KEY] = self.hub.get(sandbox_id)
+        await self.execd_app(child, receive, send)
+
+    async def _to_port(self, scope: Scope, receive: Receive, send: Send, sandbox_id: str,
+                       port: int, path: str) -> None:
+        host, target_port = await self.service.runtime.port_address(sandbox_id, port)
+        if scope["type"] == "websocket":
+            await forward_websocket(scope, receive, send, host=host, port=target_port,
+                                    path=path)
+        else:
+            await self.http.forward(scope, receive, send, host=host, port=target_port,
+                                    path=path)
+
+
+def _header(scope: Scope, name: str) -> str | None:
+    wanted = name.encode()
+    for key, value in scope.get("headers", []):
+        if key.lower() == wanted:
+            return value.decode("latin-1")
+    return None

@@ -1,0 +1,45 @@
+"""What `GET /v1/sandboxes/{id}/endpoints/{port}` hands out: how to reach a port.
+
+Three shapes, none with a scheme (clients add `http://`):
+- the gateway in `uri` mode: `host:gateway-port/<id>/<port>`;
+- the gateway in `header` mode: `host:gateway-port`, plus `OpenSandbox-Ingress-To`;
+- the server proxy (`use_server_proxy=true`): `<Host header>/sandboxes/<id>/proxy/<port>`.
+The execd port's endpoint also carries the sandbox's execd token when tokens are on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.config import Config
+
+EXECD_PORT = 44772
+INGRESS_HEADER = "OpenSandbox-Ingress-To"
+
+
+def hostname_of(host_header: str) -> str:
+    """`localhost:8080` -> `localhost`; `[::1]:8080` -> `[::1]`."""
+    if host_header.startswith("["):
+        return host_header[: host_header.index("]") + 1] if "]" in host_header else host_header
+    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+
+
+def endpoint_for(*, config: Config, sandbox_id: str, port: int, use_server_proxy: bool,
+                 host_header: str, gateway_port: int, token: str | None) -> dict[str, Any]:
+    headers: dict[str, str] = {}
+    if use_server_proxy:
+        host = config.server.eip or host_header
+        endpoint = f"{host}/sandboxes/{sandbox_id}/proxy/{port}"
+    else:
+        host = config.gateway.public_host or hostname_of(host_header)
+        if config.gateway.mode == "header":
+            endpoint = f"{host}:{gateway_port}"
+            headers[INGRESS_HEADER] = f"{sandbox_id}-{port}"
+        else:
+            endpoint = f"{host}:{gateway_port}/{sandbox_id}/{port}"
+    if token is not None and port == EXECD_PORT:
+        headers["X-EXECD-ACCESS-TOKEN"] = token
+    body: dict[str, Any] = {"endpoint": endpoint}
+    if headers:
+        body["headers"] = headers
+    return body

@@ -1,0 +1,115 @@
+"""The whole server as one ASGI app, built from injected parts.
+
+`create_app` wires a runtime, a clock and an id generator (all injectable, so tests can
+substitute them) into the lifecycle API, the embedded execd and the access layer. The
+result serves two listeners: requests that arrive on the gateway port go to the sandbox
+gateway, all others to the lifecycle API (which also holds the server proxy route).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from runtimes import make_runtime
+from runtimes.base import Runtime
+from server import __version__
+from server.access.dispatch import Dispatcher
+from server.access.gateway import Gateway
+from server.access.proxy import proxy_routes
+from server.clock import Clock, IdGenerator, SystemClock, UuidIds
+from server.config import Config
+from server.errors import install_error_handlers
+from server.execd.app import create_execd_app
+from server.execd.sandbox import ExecdHub
+from server.lifecycle.routes import router as lifecycle_router
+from server.lifecycle.service import SandboxService
+from server.middleware import ApiKeyMiddleware, RequestIdMiddleware
+
+log = logging.getLogger("opensandbox")
+
+
+@dataclass
+class Access:
+    hub: ExecdHub
+    dispatcher: Dispatcher
+    gateway: Gateway
+    gateway_port: int
+
+
+def runtime_from_config(config: Config) -> Runtime:
+    if config.runtime.type == "fake":
+        return make_runtime("fake", state_dir=config.fake.state_dir or None,
+                            volumes_root=config.fake.volumes_root or None,
+                            isolation=config.fake.isolation)
+    return make_runtime(config.runtime.type, config=config)
+
+
+class OpenSandboxServer:
+    """The ASGI app: routes by the port a request arrived on."""
+
+    def __init__(self, config: Config, *, runtime: Runtime | None = None,
+                 clock: Clock | None = None, ids: IdGenerator | None = None):
+        self.config = config
+        self.runtime = runtime or runtime_from_config(config)
+        self.clock = clock or SystemClock()
+        self.ids = ids or UuidIds()
+        self.service = SandboxService(self.runtime, config, self.clock, self.ids)
+        hub = ExecdHub(self.runtime, config.execd, self.clock, self.ids)
+        self.service.on_removing(hub.remove)
+        dispatcher = Dispatcher(self.service, hub, create_execd_app())
+        self.access = Access(hub=hub, dispatcher=dispatcher, gateway=Gateway(dispatcher),
+                             gateway_port=config.gateway.port)
+        self.lifecycle = self._lifecycle_app()
+        self._lifecycle_stack: ASGIApp = RequestIdMiddleware(
+            ApiKeyMiddleware(self.lifecycle, config.server.api_key))
+
+    def _lifecycle_app(self) -> FastAPI:
+        @asynccontextmanager
+        async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+            await self.service.start()
+            for warning in self.runtime.warnings:
+                log.warning(warning)
+            try:
+                yield
+            finally:
+                await self.service.close()
+                await self.access.dispatcher.close()
+
+        app = FastAPI(title="OpenSandbox emulator: Lifecycle API", version=__version__,
+                      lifespan=lifespan)
+        app.state.service = self.service
+        app.state.access = self.access
+        install_error_handlers(app, validation_code="SANDBOX::INVALID_PARAMETER",
+                               not_found_code="GENERAL::NOT_FOUND")
+        app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["*"])
+        app.include_router(lifecycle_router)
+        app.include_router(lifecycle_router, prefix="/v1")
+        app.router.routes.extend(proxy_routes(self.access.dispatcher))
+
+        @app.get("/health", tags=["health"])
+        async def health() -> dict[str, Any]:
+            return {"status": "healthy", "runtime": self.runtime.name,
+                    "isolation": self.runtime.isolation, "warnings": self.runtime.warnings}
+
+        return app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server")
+        if (scope["type"] in ("http", "websocket") and server is not None
+                and server[1] == self.access.gateway_port):
+            await self.access.gateway(scope, receive, send)
+        else:
+            await self._lifecycle_stack(scope, receive, send)
+
+
+def create_app(config: Config | None = None, **parts: Any) -> OpenSandboxServer:
+    return OpenSandboxServer(config or Config(), **parts)

@@ -1,0 +1,222 @@
+"""Configuration: upstream's TOML layout, plus sections of our own.
+
+An `opensandbox-server` config file works unchanged: `[server]`, `[runtime]`, `[docker]`,
+`[storage]`, `[egress]` and `[router]` keep upstream's keys (those we cannot honour are
+accepted and shown as ignored). Our own settings live in `[gateway]`, `[execd]` and
+`[fake]`. An unknown key or a bad value stops start-up with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the offending key."""
+
+
+@dataclass(frozen=True)
+class ServerSection:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_level: str = "INFO"
+    api_key: str = ""
+    # Upstream HEAD: the largest `timeout` a create request may ask for.
+    max_sandbox_timeout_seconds: int = 86400
+    # Upstream HEAD: the host put in endpoints (overrides the request's Host).
+    eip: str = ""
+
+
+@dataclass(frozen=True)
+class RuntimeSection:
+    type: Literal["fake", "docker"] = "fake"
+    execd_image: str = ""  # upstream injects execd from this image; ours is embedded
+
+
+@dataclass(frozen=True)
+class DockerSection:
+    network_mode: str = "bridge"
+    drop_capabilities: list[str] = field(default_factory=lambda: [
+        "AUDIT_WRITE", "MKNOD", "NET_ADMIN", "NET_RAW", "SYS_ADMIN", "SYS_MODULE",
+        "SYS_PTRACE", "SYS_TIME", "SYS_TTY_CONFIG"])
+    no_new_privileges: bool = True
+    apparmor_profile: str = ""
+    seccomp_profile: str = ""
+    pids_limit: int | None = 512
+
+
+@dataclass(frozen=True)
+class StorageSection:
+    allowed_host_paths: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EgressSection:
+    image: str = ""
+
+
+@dataclass(frozen=True)
+class RouterSection:
+    domain: str = ""
+    wildcard_domain: str = ""
+
+
+@dataclass(frozen=True)
+class GatewaySection:
+    """Ours: the second listener that routes requests to a sandbox's ports."""
+
+    port: int = 44772
+    # "uri": endpoints are `host:port/<id>/<port>`; "header": `host:port` plus
+    # the `OpenSandbox-Ingress-To` header. The gateway accepts both either way.
+    mode: Literal["uri", "header"] = "uri"
+    # The host put into endpoints; empty means the host the client used.
+    public_host: str = ""
+
+
+@dataclass(frozen=True)
+class ExecdSection:
+    """Ours: the embedded execd."""
+
+    # Give each sandbox its own X-EXECD-ACCESS-TOKEN (handed out in endpoint headers).
+    access_token: bool = False
+    log_buffer_bytes: int = 4 * 1024 * 1024
+    max_finished_commands: int = 1000
+    finished_command_ttl_seconds: int = 3600
+    interrupt_grace_seconds: float = 3.0
+
+
+@dataclass(frozen=True)
+class FakeSection:
+    """Ours: the bubblewrap runtime."""
+
+    state_dir: str = ""  # empty: a temporary directory, removed at shutdown
+    volumes_root: str = ""  # where `pvc` named volumes live; empty: under state_dir
+    isolation: Literal["auto", "bubblewrap", "none"] = "auto"
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerSection = field(default_factory=ServerSection)
+    runtime: RuntimeSection = field(default_factory=RuntimeSection)
+    docker: DockerSection = field(default_factory=DockerSection)
+    storage: StorageSection = field(default_factory=StorageSection)
+    egress: EgressSection = field(default_factory=EgressSection)
+    router: RouterSection = field(default_factory=RouterSection)
+    gateway: GatewaySection = field(default_factory=GatewaySection)
+    execd: ExecdSection = field(default_factory=ExecdSection)
+    fake: FakeSection = field(default_factory=FakeSection)
+
+    def replace(self, section: str, **values: Any) -> Config:
+        current = getattr(self, section)
+        return dataclasses.replace(self, **{section: dataclasses.replace(current, **values)})
+
+    def describe(self) -> str:
+        """The effective configuration as TOML-ish lines, with the API key masked."""
+        lines = []
+        for section in dataclasses.fields(self):
+            lines.append(f"[{section.name}]")
+            for item in dataclasses.fields(getattr(self, section.name)):
+                value = getattr(getattr(self, section.name), item.name)
+                if item.name == "api_key" and value:
+                    value = "***"
+                key = item.name.replace("_", "-") if section.name == "router" else item.name
+                lines.append(f"  {key} = {value!r}")
+        return "\n".join(lines)
+
+
+# Upstream sections that configure runtimes we do not emulate: accepted, ignored.
+IGNORED_SECTIONS = ("kubernetes", "agent_sandbox", "secure_runtime", "ingress")
+
+
+def _check(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        return _check(value, next(o for o in options if o is not type(None)), where)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_check(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if not isinstance(value, hint):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def from_mapping(data: dict[str, Any]) -> Config:
+    """Build a `Config` from parsed TOML, refusing unknown keys and bad values."""
+    sections: dict[str, Any] = {}
+    config_hints = typing.get_type_hints(Config)
+    for name, body in data.items():
+        if name in IGNORED_SECTIONS:
+            continue
+        if name not in config_hints:
+            known = ", ".join(f"[{n}]" for n in config_hints)
+            raise ConfigError(f"unknown section [{name}] (known sections: {known})")
+        if not isinstance(body, dict):
+            raise ConfigError(f"[{name}] must be a table")
+        section_type = config_hints[name]
+        hints = typing.get_type_hints(section_type)
+        values = {}
+        for key, value in body.items():
+            attr = key.replace("-", "_")
+            if attr not in hints:
+                raise ConfigError(f"unknown key '{name}.{key}' (known keys in [{name}]: "
+                                  f"{', '.join(hints)})")
+            values[attr] = _check(value, hints[attr], f"{name}.{key}")
+        sections[name] = section_type(**values)
+    config = Config(**sections)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Cross-field checks; each message names the key."""
+    for key, port in (("server.port", config.server.port), ("gateway.port", config.gateway.port)):
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{key}: {port} is not a TCP port (0-65535)")
+    if config.server.port == config.gateway.port and config.server.port != 0:
+        raise ConfigError("gateway.port: must differ from server.port")
+    for i, prefix in enumerate(config.storage.allowed_host_paths):
+        if not prefix.startswith("/"):
+            raise ConfigError(f"storage.allowed_host_paths[{i}]: {prefix!r} is not absolute")
+    if config.server.max_sandbox_timeout_seconds < 60:
+        raise ConfigError("server.max_sandbox_timeout_seconds: must be at least 60")
+    if config.execd.log_buffer_bytes < 1024:
+        raise ConfigError("execd.log_buffer_bytes: must be at least 1024")
+    if config.server.log_level.upper() not in ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"):
+        raise ConfigError(f"server.log_level: {config.server.log_level!r} is not a log level")
+
+
+def load(path: str | None) -> Config:
+    """Read the config file named by `path` or `SANDBOX_CONFIG_PATH`; none means defaults."""
+    path = path or os.environ.get("SANDBOX_CONFIG_PATH") or None
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError as error:
+        raise ConfigError(f"config file {path} does not exist") from error
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from error
+    return from_mapping(data)

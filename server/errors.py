@@ -1,0 +1,212 @@
+"""Errors that become `{"code","message"}` bodies.
+
+Every failure a client can see is an `ApiError`: a small exception class that carries its
+own HTTP status, code and message. One handler (`install_error_handlers`) turns them into
+the response body, so routes and services only ever `raise`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+from starlette.types import Scope, Send
+
+
+class ApiError(Exception):
+    """Base class: subclasses set `status_code` and `code`; the message is per instance."""
+
+    status_code: int = 500
+    code: str = "GENERAL::UNKNOWN_ERROR"
+
+    def __init__(self, message: str, *, code: str | None = None, status_code: int | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status_code is not None:
+            self.status_code = status_code
+
+    def body(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+# --- lifecycle API --------------------------------------------------------------------------
+
+
+class InvalidParameter(ApiError):
+    status_code = 400
+    code = "SANDBOX::INVALID_PARAMETER"
+
+
+class InvalidMetadataLabel(ApiError):
+    status_code = 400
+    code = "SANDBOX::INVALID_METADATA_LABEL"
+
+
+class InvalidExpiration(ApiError):
+    status_code = 400
+    code = "DOCKER::INVALID_EXPIRATION"
+
+
+class InvalidPort(ApiError):
+    status_code = 400
+    code = "DOCKER::INVALID_PORT"
+
+    def __init__(self, port: object):
+        super().__init__(f"Port must be between 1 and 65535 (got {port}).")
+
+
+class SandboxNotFound(ApiError):
+    status_code = 404
+    code = "DOCKER::SANDBOX_NOT_FOUND"
+
+    def __init__(self, sandbox_id: str):
+        super().__init__(f"Sandbox {sandbox_id} not found.")
+
+
+class SandboxNotRunning(ApiError):
+    status_code = 409
+    code = "DOCKER::SANDBOX_NOT_RUNNING"
+
+    def __init__(self, state: str):
+        super().__init__(f"Sandbox is not in a running state (it is {state}); only a Running "
+                         "sandbox can be paused.")
+
+
+class SandboxNotPaused(ApiError):
+    status_code = 409
+    code = "DOCKER::SANDBOX_NOT_PAUSED"
+
+    def __init__(self, state: str):
+        super().__init__(f"Sandbox is not in a paused state (it is {state}); only a Paused "
+                         "sandbox can be resumed.")
+
+
+class SandboxStartFailed(ApiError):
+    status_code = 500
+    code = "DOCKER::SANDBOX_START_FAILED"
+
+
+class VolumeError(ApiError):
+    """A volume was refused; `code` is one of upstream's `VOLUME::…` strings."""
+
+    status_code = 400
+
+
+class MissingApiKey(ApiError):
+    status_code = 401
+    code = "MISSING_API_KEY"
+
+    def __init__(self) -> None:
+        super().__init__("Authentication credentials are missing. Provide API key via "
+                         "OPEN-SANDBOX-API-KEY header.")
+
+
+class InvalidApiKey(ApiError):
+    status_code = 401
+    code = "INVALID_API_KEY"
+
+    def __init__(self) -> None:
+        super().__init__("Authentication credentials are invalid. Check your API key and try "
+                         "again.")
+
+
+# --- sandbox access (gateway and server proxy) -------------------------------------------------
+
+
+class SandboxPaused(ApiError):
+    status_code = 503
+    code = "SANDBOX::PAUSED"
+
+    def __init__(self, sandbox_id: str):
+        super().__init__(f"Sandbox {sandbox_id} is paused; resume it "
+                         f"(POST /v1/sandboxes/{sandbox_id}/resume) to reach its ports.")
+
+
+class SandboxNotReachable(ApiError):
+    status_code = 503
+    code = "SANDBOX::NOT_RUNNING"
+
+
+class BadGateway(ApiError):
+    status_code = 502
+    code = "GENERAL::UNKNOWN_ERROR"
+
+
+class ExecdUnauthorized(ApiError):
+    status_code = 401
+    code = "EXECD::INVALID_ACCESS_TOKEN"
+
+
+# --- one handler for all of them -------------------------------------------------------------
+
+
+def error_response(error: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status_code, headers=headers)
+
+
+async def send_error(scope: Scope, send: Send, error: ApiError) -> None:
+    """Answer with `error` as JSON, for HTTP and for a WebSocket handshake alike."""
+    body = json.dumps(error.body(), separators=(",", ":")).encode()
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode())]
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.http.response.start", "status": error.status_code,
+                    "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+        return
+    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def describe_validation_errors(errors: list[Any]) -> str:
+    """Turn pydantic's error list into one sentence that names each bad field."""
+    parts = []
+    for err in errors:
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+        where = ".".join(loc) or "request body"
+        msg = str(err.get("msg", "invalid value"))
+        if "input" in err and err.get("type") not in ("missing", "json_invalid"):
+            shown = repr(err["input"])
+            if len(shown) > 60:
+                shown = shown[:57] + "..."
+            msg = f"{msg} (got {shown})"
+        parts.append(f"{where}: {msg}")
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI, *, validation_code: str, not_found_code: str) -> None:
+    """Register the handlers that give every failure the `{"code","message"}` shape."""
+
+    async def on_api_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        return error_response(exc)
+
+    async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        message = describe_validation_errors(list(exc.errors()))
+        return error_response(ApiError(message, code=validation_code, status_code=400))
+
+    async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 404:
+            code = not_found_code
+        elif exc.status_code == 405:
+            code = "GENERAL::METHOD_NOT_ALLOWED"
+        else:
+            code = "GENERAL::UNKNOWN_ERROR"
+        return error_response(ApiError(str(exc.detail), code=code, status_code=exc.status_code),
+                              headers=getattr(exc, "headers", None))
+
+    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(ApiError(f"Internal error: {type(exc).__name__}: {exc}"))
+
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,1 @@
+"""The Lifecycle API: `/v1/sandboxes…`."""

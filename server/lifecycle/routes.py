@@ -1,0 +1,82 @@
+"""The Lifecycle API's routes: each translates HTTP to one `SandboxService` call."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.responses import JSONResponse, Response
+
+from server.access.endpoints import endpoint_for
+from server.errors import InvalidPort
+from server.lifecycle.models import CreateSandboxRequest, RenewExpirationRequest
+from server.lifecycle.service import SandboxService
+
+router = APIRouter(tags=["sandboxes"])
+
+
+def service(request: Request) -> SandboxService:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+Service = Annotated[SandboxService, Depends(service)]
+
+
+@router.post("/sandboxes", status_code=202)
+async def create_sandbox(body: CreateSandboxRequest, sandboxes: Service) -> JSONResponse:
+    return JSONResponse(await sandboxes.create(body), status_code=202)
+
+
+@router.get("/sandboxes")
+async def list_sandboxes(
+    sandboxes: Service,
+    state: Annotated[list[str] | None, Query()] = None,
+    metadata: Annotated[str | None, Query()] = None,
+    page: Annotated[int, Query(ge=1)] = 1,
+    page_size: Annotated[int, Query(alias="pageSize", ge=1, le=200)] = 20,
+) -> dict[str, Any]:
+    return await sandboxes.list(states=state or [], metadata=metadata, page=page,
+                                page_size=page_size)
+
+
+@router.get("/sandboxes/{sandbox_id}")
+async def get_sandbox(sandbox_id: str, sandboxes: Service) -> dict[str, Any]:
+    return await sandboxes.describe(sandbox_id)
+
+
+@router.delete("/sandboxes/{sandbox_id}", status_code=204)
+async def delete_sandbox(sandbox_id: str, sandboxes: Service) -> Response:
+    await sandboxes.delete(sandbox_id)
+    return Response(status_code=204)
+
+
+@router.post("/sandboxes/{sandbox_id}/pause", status_code=202)
+async def pause_sandbox(sandbox_id: str, sandboxes: Service) -> Response:
+    await sandboxes.pause(sandbox_id)
+    return Response(status_code=202)
+
+
+@router.post("/sandboxes/{sandbox_id}/resume", status_code=202)
+async def resume_sandbox(sandbox_id: str, sandboxes: Service) -> Response:
+    await sandboxes.resume(sandbox_id)
+    return Response(status_code=202)
+
+
+@router.post("/sandboxes/{sandbox_id}/renew-expiration")
+async def renew_expiration(sandbox_id: str, body: RenewExpirationRequest,
+                           sandboxes: Service) -> dict[str, str]:
+    return await sandboxes.renew(sandbox_id, body.expires_at)
+
+
+@router.get("/sandboxes/{sandbox_id}/endpoints/{port}")
+async def get_endpoint(sandbox_id: str, port: int, request: Request, sandboxes: Service,
+                       use_server_proxy: bool = False) -> dict[str, Any]:
+    if not 1 <= port <= 65535:
+        raise InvalidPort(port)
+    await sandboxes.state(sandbox_id)  # 404 for an unknown sandbox
+    access = request.app.state.access
+    return endpoint_for(config=sandboxes.config, sandbox_id=sandbox_id, port=port,
+                        use_server_proxy=use_server_proxy,
+                        host_header=request.headers.get("host", "127.0.0.1"),
+                        gateway_port=access.gateway_port,
+                        token=access.hub.get(sandbox_id).access_token)

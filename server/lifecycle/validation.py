@@ -1,0 +1,133 @@
+"""Checks on a create request beyond its shape: metadata labels, timeout, volumes.
+
+Each failure raises the `ApiError` with upstream's code and a message that says how to
+fix it. Host paths are checked against `[storage] allowed_host_paths` after resolving
+symlinks, so a link inside an allowed directory cannot lead outside it.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+
+from runtimes.base import VolumeMount
+from server.errors import InvalidMetadataLabel, InvalidParameter, VolumeError
+from server.lifecycle.models import CreateSandboxRequest, VolumeSpec
+
+LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+MIN_TIMEOUT = 60
+
+
+def check_timeout(timeout: int | None, maximum: int) -> None:
+    if timeout is not None and not MIN_TIMEOUT <= timeout <= maximum:
+        raise InvalidParameter(f"timeout must be between {MIN_TIMEOUT} and {maximum} seconds "
+                               f"(got {timeout}); leave it out for a sandbox that never "
+                               "expires.")
+
+
+def check_entrypoint(entrypoint: list[str]) -> None:
+    if not entrypoint[0].strip():
+        raise InvalidParameter("entrypoint[0] must name a program, for example "
+                               "[\"tail\", \"-f\", \"/dev/null\"].")
+
+
+def check_metadata(metadata: dict[str, str] | None) -> None:
+    """Kubernetes label rules: `[prefix/]name` keys and short values of a safe charset."""
+    for key, value in (metadata or {}).items():
+        prefix, _, name = key.rpartition("/")
+        valid_key = (0 < len(name) <= 63 and LABEL_NAME.match(name) is not None and
+                     (not prefix or (len(prefix) <= 253 and DNS_SUBDOMAIN.match(prefix))))
+        if not valid_key:
+            raise InvalidMetadataLabel(
+                f"Metadata key '{key}' is not a valid Kubernetes label key: use up to 63 "
+                "letters, digits, '-', '_' or '.', starting and ending with a letter or digit, "
+                "optionally after a DNS-subdomain prefix and '/'.")
+        if len(value) > 63 or not LABEL_NAME.match(value):
+            raise InvalidMetadataLabel(
+                f"Metadata value '{value}' is not a valid Kubernetes label value: use up to 63 "
+                "letters, digits, '-', '_' or '.', starting and ending with a letter or digit.")
+
+
+def _under(path: str, prefix: str) -> bool:
+    prefix = prefix.rstrip("/") or "/"
+    return path == prefix or path.startswith(prefix.rstrip("/") + "/")
+
+
+def _check_sub_path(volume: VolumeSpec) -> str | None:
+    sub = volume.sub_path
+    if not sub:
+        return None
+    if sub.startswith("/") or ".." in sub.split("/"):
+        raise VolumeError(f"Volume '{volume.name}': subPath '{sub}' must be a relative path "
+                          "without '..' components.", code="VOLUME::INVALID_SUB_PATH")
+    return sub
+
+
+def _check_host_path(volume: VolumeSpec, sub: str | None, allowed: list[str]) -> str:
+    assert volume.host is not None
+    path = volume.host.path
+    if "/.." in path or "//" in path or (path != "/" and path.endswith("/")) or \
+            posixpath.normpath(path) != path:
+        raise VolumeError(f"Volume '{volume.name}': host path '{path}' is not normalized; "
+                          "write it without '..', '//' or a trailing '/'.",
+                          code="VOLUME::INVALID_HOST_PATH")
+    joined = posixpath.join(path, sub) if sub else path
+
+    def refuse(shown: str) -> VolumeError:
+        return VolumeError(f"Host path '{shown}' is not under any allowed prefix. Allowed "
+                           f"prefixes: {allowed}. Add it to [storage] allowed_host_paths or "
+                           "use a path under one of them.", code="VOLUME::HOST_PATH_NOT_ALLOWED")
+
+    if allowed and not any(_under(joined, prefix) for prefix in allowed):
+        raise refuse(joined)
+    if not os.path.exists(joined):
+        raise VolumeError(f"Volume '{volume.name}': host path '{joined}' does not exist on the "
+                          "server; create it first.", code="VOLUME::HOST_PATH_NOT_FOUND")
+    real = os.path.realpath(joined)
+    if allowed and not any(_under(real, os.path.realpath(prefix)) for prefix in allowed):
+        raise refuse(f"{joined}' (resolves to '{real}")
+    if not os.path.isdir(real):
+        raise VolumeError(f"Volume '{volume.name}': host path '{joined}' is not a directory.",
+                          code="VOLUME::INVALID_HOST_PATH")
+    return real
+
+
+def check_volumes(volumes: list[VolumeSpec] | None, allowed: list[str]) -> list[VolumeMount]:
+    """Validate the volumes and resolve host paths; pvc volumes are left to the runtime."""
+    mounts: list[VolumeMount] = []
+    names: set[str] = set()
+    paths: set[str] = set()
+    for volume in volumes or []:
+        if volume.name in names:
+            raise VolumeError(f"Volume name '{volume.name}' is used more than once; each volume "
+                              "needs a unique name.", code="VOLUME::DUPLICATE_NAME")
+        names.add(volume.name)
+        mount_path = posixpath.normpath(volume.mount_path)
+        if mount_path in paths:
+            raise VolumeError(f"mountPath '{mount_path}' is used by more than one volume; mount "
+                              "each volume at its own path.",
+                              code="VOLUME::DUPLICATE_MOUNT_PATH")
+        paths.add(mount_path)
+        if mount_path == "/":
+            raise VolumeError(f"Volume '{volume.name}': mountPath cannot be '/'.",
+                              code="VOLUME::INVALID_MOUNT_PATH")
+        sub = _check_sub_path(volume)
+        if volume.host is not None:
+            source = _check_host_path(volume, sub, allowed)
+            mounts.append(VolumeMount(volume.name, "host", source, mount_path,
+                                      volume.read_only, sub))
+        else:
+            assert volume.pvc is not None
+            mounts.append(VolumeMount(volume.name, "pvc", volume.pvc.claim_name, mount_path,
+                                      volume.read_only, sub))
+    return mounts
+
+
+def check_create(request: CreateSandboxRequest, *, max_timeout: int,
+                 allowed_host_paths: list[str]) -> list[VolumeMount]:
+    check_timeout(request.timeout, max_timeout)
+    check_entrypoint(request.entrypoint)
+    check_metadata(request.metadata)
+    return check_volumes(request.volumes, allowed_host_paths)

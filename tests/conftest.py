@@ -1,0 +1,209 @@
+"""Shared fixtures: a real server process (uvicorn, bubblewrap), raw HTTP and SDK clients.
+
+`server` is one session-wide server on the default config; `start_server(**sections)`
+starts another with config overrides, e.g. `start_server(execd={"access_token": True})`.
+Each server runs `python -m server` on ports the kernel picks, and is stopped (and checked
+to leave no sandbox process behind) at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+SPECS = SHARED / "specs"
+READY = re.compile(r"lifecycle API on http://(\S+):(\d+) .*sandbox gateway on port (\d+)")
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> None:
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[str]
+    host: str
+    port: int
+    gateway_port: int
+    config_path: Path
+    state_dir: Path
+    output: list[str]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def domain(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.host}:{self.gateway_port}"
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kwargs)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def launch(sections: dict[str, dict[str, Any]], workdir: Path) -> ServerProcess:
+    merged: dict[str, dict[str, Any]] = {
+        "server": {"host": "127.0.0.1", "port": 0, "log_level": "INFO"},
+        "gateway": {"port": 0},
+        "fake": {"state_dir": str(workdir / "state"), "volumes_root": str(workdir / "volumes")},
+    }
+    for section, values in sections.items():
+        merged.setdefault(section, {}).update(values)
+    Path(merged["fake"]["state_dir"]).mkdir(parents=True, exist_ok=True)
+    Path(merged["fake"]["volumes_root"]).mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "config.toml"
+    write_config(config_path, merged)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server", "--config", str(config_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    output: list[str] = []
+    assert process.stdout is not None
+    deadline = time.monotonic() + 30
+    match = None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        output.append(line)
+        match = READY.search(line)
+        if match:
+            break
+    if match is None:
+        process.kill()
+        raise RuntimeError("server did not start:\n" + "".join(output))
+    server = ServerProcess(process, match.group(1), int(match.group(2)), int(match.group(3)),
+                           config_path, Path(merged["fake"]["state_dir"]), output)
+    # Keep draining output so the server never blocks on a full pipe.
+    import threading
+
+    def drain() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+
+    threading.Thread(target=drain, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(server.url + "/health", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    server.stop()
+    raise RuntimeError("server never became healthy:\n" + "".join(output))
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    running = launch({}, tmp_path_factory.mktemp("server"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    started: list[ServerProcess] = []
+
+    def start(**sections: dict[str, Any]) -> ServerProcess:
+        workdir = Path(tempfile.mkdtemp(dir=tmp_path))
+        running = launch(sections, workdir)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
+def http(server: ServerProcess) -> Iterator[httpx.Client]:
+    with server.client() as client:
+        yield client
+
+
+def create_body(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"image": {"uri": "python:3.11"}, "timeout": 600,
+                            "resourceLimits": {"cpu": "1", "memory": "1Gi"},
+                            "entrypoint": ["tail", "-f", "/dev/null"]}
+    body.update(overrides)
+    return body
+
+
+@pytest.fixture
+def sandbox_id(http: httpx.Client) -> Iterator[str]:
+    """A fresh running sandbox, deleted afterwards."""
+    response = http.post("/v1/sandboxes", json=create_body())
+    assert response.status_code == 202, response.text
+    created = response.json()["id"]
+    yield created
+    http.delete(f"/v1/sandboxes/{created}")
+
+
+def execd_url(server: ServerProcess, sandbox_id: str) -> str:
+    """The sandbox's execd base URL through the gateway (uri mode)."""
+    return f"{server.gateway_url}/{sandbox_id}/44772"
+
+
+def spec_validator(name: str) -> Any:
+    """An openapi-core `OpenAPI` for `../shared/specs/<name>`, or skip when it is absent."""
+    path = SPECS / name
+    if not path.exists():
+        pytest.skip(f"{path} is not here (contract checks need ../shared)")
+    from openapi_core import OpenAPI
+
+    return OpenAPI.from_file_path(str(path))
+
+
+def no_leftover_processes(state_dir: Path) -> list[str]:
+    """Command lines of live processes that still mention `state_dir` (a leak)."""
+    leaks = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(state_dir) in cmdline:
+            leaks.append(cmdline)
+    return leaks
