@@ -15,7 +15,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+if TYPE_CHECKING:
+    from runtimes.filesystem import SandboxFilesystem
 
 # --- what a sandbox is made from ---------------------------------------------------------------
 
@@ -105,6 +108,9 @@ class SpawnRequest:
 
     `env` is added on top of the sandbox's own environment. With `merge_stderr` the process
     writes both streams into `stdout`, in write order (background commands need that).
+    With `stdin` the process reads a pipe the caller writes through `SandboxProcess.stdin`
+    (a code context's interpreter takes its requests that way); otherwise its stdin is
+    empty (`/dev/null`).
     """
 
     argv: Sequence[str]
@@ -113,6 +119,7 @@ class SpawnRequest:
     uid: int | None = None
     gid: int | None = None
     merge_stderr: bool = False
+    stdin: bool = False
 
 
 class ProcessOutput(Protocol):
@@ -121,11 +128,23 @@ class ProcessOutput(Protocol):
         ...
 
 
+class ProcessInput(Protocol):
+    async def write(self, data: bytes) -> None:
+        """Write all of `data`, waiting while the pipe is full. Raises `BrokenPipeError`
+        (or another `OSError`) once the process is gone."""
+        ...
+
+    async def close(self) -> None:
+        """Close the pipe: the process reads end-of-file. Idempotent."""
+        ...
+
+
 class SandboxProcess(ABC):
     """A process started with `Runtime.spawn`."""
 
     stdout: ProcessOutput
     stderr: ProcessOutput | None
+    stdin: ProcessInput | None = None  # set when spawned with `SpawnRequest(stdin=True)`
 
     @abstractmethod
     async def wait(self) -> ExitStatus:
@@ -169,6 +188,11 @@ class SpawnFailed(RuntimeFailure):
 
     code = "RUNTIME_ERROR"
     status = 500
+
+
+class ExecutableNotFound(SpawnFailed):
+    """The program is not on the sandbox's PATH (execd then falls back from bash to sh).
+    The message keeps Go's wording: `exec: "bash": executable file not found in $PATH`."""
 
 
 class PathReadOnly(RuntimeFailure):
@@ -243,3 +267,9 @@ class Runtime(ABC):
     @abstractmethod
     async def usage(self, sandbox_id: str) -> ResourceUsage:
         """CPU and memory of the sandbox's own processes, against what it may use."""
+
+    def filesystem(self, sandbox_id: str) -> SandboxFilesystem:
+        """The sandbox's files as its processes see them (execd's /files and /directories).
+        Raises `SandboxMissing`."""
+        raise RuntimeFailure(f"The {self.name} runtime gives no access to sandbox files.",
+                             code="RUNTIME_ERROR", status=501)

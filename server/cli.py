@@ -8,9 +8,6 @@ import logging
 import socket
 import sys
 
-import uvicorn
-
-from server.app import create_app
 from server.config import Config, ConfigError, load, validate
 
 
@@ -45,7 +42,9 @@ def build_config(args: argparse.Namespace) -> Config:
 
 def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose
+    # proto says TCP, and with Nagle on every small response waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)
@@ -71,12 +70,20 @@ def main(argv: list[str] | None = None) -> int:
     config = config.replace("server", port=lifecycle_socket.getsockname()[1])
     config = config.replace("gateway", port=gateway_socket.getsockname()[1])
     print("opensandbox-emulator: effective configuration\n" + config.describe(), flush=True)
+    # Imported only now, so that a bad config or flag is reported without first loading
+    # the whole web stack (about a second).
+    import uvicorn
+
+    from server.app import create_app
+
     app = create_app(config)
     print(f"opensandbox-emulator: lifecycle API on http://{config.server.host}:"
           f"{config.server.port} (runtime: {config.runtime.type}); sandbox gateway on port "
           f"{config.gateway.port}", flush=True)
+    # proxy_headers=False: uvicorn would otherwise replace the peer address with a loopback
+    # client's X-Forwarded-For, and the sandbox proxy could no longer append the real peer.
     server = uvicorn.Server(uvicorn.Config(app, log_level=level.lower(), lifespan="on",
-                                           access_log=level == "DEBUG",
+                                           access_log=level == "DEBUG", proxy_headers=False,
                                            timeout_graceful_shutdown=5))
     asyncio.run(server.serve(sockets=[lifecycle_socket, gateway_socket]))
     return 0

@@ -49,6 +49,14 @@ class DockerSection:
     apparmor_profile: str = ""
     seccomp_profile: str = ""
     pids_limit: int | None = 512
+    # Ours. Sandboxes of this server carry `opensandbox.io/instance=<instance>`; at start-up it
+    # adopts only those, so several servers can share one engine without touching each other.
+    instance: str = "default"
+    # Ours: where renewed expiry times are kept (Docker labels cannot change after create).
+    # Empty: $XDG_STATE_HOME/opensandbox-emulator (~/.local/state/opensandbox-emulator).
+    state_dir: str = ""
+    # Ours: run Docker's init (tini) as PID 1, so orphans of commands are reaped.
+    init: bool = True
 
 
 @dataclass(frozen=True)

@@ -168,8 +168,20 @@ def describe_validation_errors(errors: list[Any]) -> str:
     """Turn pydantic's error list into one sentence that names each bad field."""
     parts = []
     for err in errors:
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
-        where = ".".join(loc) or "request body"
+        if err.get("type") == "json_invalid":
+            parts.append("request body: not valid JSON "
+                         f"({err.get('ctx', {}).get('error', 'parse error')}); send a JSON "
+                         "object with Content-Type: application/json")
+            continue
+        loc = list(err.get("loc", ()))
+        # Only the first element says where (body, query, path…); a field may be named
+        # `path` too (volumes[0].host.path), so it must not be dropped further in.
+        if loc and loc[0] in ("body", "query", "path", "header", "cookie"):
+            loc = loc[1:]
+        where = ""
+        for part in loc:
+            where += f"[{part}]" if isinstance(part, int) else f".{part}" if where else str(part)
+        where = where or "request body"
         msg = str(err.get("msg", "invalid value"))
         if "input" in err and err.get("type") not in ("missing", "json_invalid"):
             shown = repr(err["input"])

@@ -207,3 +207,94 @@ def no_leftover_processes(state_dir: Path) -> list[str]:
         if str(state_dir) in cmdline:
             leaks.append(cmdline)
     return leaks
+
+
+# --- the docker runtime ------------------------------------------------------------------------
+# Docker tests skip when no engine answers (or the local test images are missing), unless
+# OPENSANDBOX_REQUIRE_DOCKER=1 (CI sets it), which turns every such skip into a failure.
+
+DOCKER_BUSYBOX_IMAGE = "opensandbox-test/busybox:1"
+DOCKER_DEBIAN_IMAGE = "opensandbox-test/debian:bookworm"
+DOCKER_IMAGES = (DOCKER_BUSYBOX_IMAGE, DOCKER_DEBIAN_IMAGE)
+_docker_problem: list[str | None] = []
+
+
+def docker_available() -> bool:
+    """Whether a Docker engine answers and holds the test images (checked once)."""
+    return _docker_unavailable_reason() is None
+
+
+def _docker_unavailable_reason() -> str | None:
+    if not _docker_problem:
+        try:
+            import docker
+
+            client = docker.from_env(timeout=5)
+            try:
+                client.ping()
+                missing = [name for name in DOCKER_IMAGES
+                           if not client.images.list(name=name)]
+            finally:
+                client.close()
+            problem = (f"test images {missing} are missing; build them with "
+                       "`sh tests/docker/build-images.sh`" if missing else None)
+        except Exception as error:
+            problem = f"no Docker engine answers ({type(error).__name__}: {error})"
+        _docker_problem.append(problem)
+    return _docker_problem[0]
+
+
+def require_docker() -> None:
+    """Skip the calling test (or fail it when OPENSANDBOX_REQUIRE_DOCKER=1) without Docker."""
+    reason = _docker_unavailable_reason()
+    if reason is None:
+        return
+    if os.environ.get("OPENSANDBOX_REQUIRE_DOCKER") == "1":
+        pytest.fail(f"Docker is required (OPENSANDBOX_REQUIRE_DOCKER=1) but {reason}")
+    pytest.skip(f"docker runtime tests need Docker: {reason}")
+
+
+def docker_sections(workdir: Path, *, instance: str | None = None,
+                    allowed_host_paths: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Config sections for a docker-runtime test server: its own instance label (so test
+    servers sharing the engine never adopt each other's sandboxes) and state directory."""
+    import uuid
+
+    return {"runtime": {"type": "docker"},
+            "docker": {"instance": instance or f"test-{uuid.uuid4().hex[:12]}",
+                       "state_dir": str(workdir / "docker-state")},
+            "storage": {"allowed_host_paths": allowed_host_paths or [str(workdir / "host")]}}
+
+
+def remove_docker_sandboxes(instance: str) -> None:
+    """Remove every container a test server of `instance` left behind."""
+    if _docker_unavailable_reason() is not None:
+        return
+    import docker
+
+    client = docker.from_env(timeout=30)
+    try:
+        for container in client.containers.list(
+                all=True, filters={"label": f"opensandbox.io/instance={instance}"}):
+            container.remove(force=True)
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def docker_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One session-wide server on the docker runtime. Host volumes may come from its
+    `<state_dir parent>/host` directory (`docker_host_dir(server)`)."""
+    require_docker()
+    workdir = tmp_path_factory.mktemp("docker-server")
+    (workdir / "host").mkdir()
+    sections = docker_sections(workdir)
+    running = launch(sections, workdir)
+    yield running
+    running.stop()
+    remove_docker_sandboxes(sections["docker"]["instance"])
+
+
+def docker_host_dir(server: ServerProcess) -> Path:
+    """The directory on the allowlist of a server started with `docker_sections`."""
+    return server.config_path.parent / "host"

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from typing import Any
 
 from runtimes.base import ExitStatus, SandboxProcess
 
@@ -68,19 +69,71 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+class _ExitProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """Also resolves `exited` as soon as the process itself ends. (On Python 3.11,
+    `Process.wait()` also waits for every pipe to close, which never happens while a
+    child the command left running still holds its stdout.)"""
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop):
+        super().__init__(limit=limit, loop=loop)
+        self.exited: asyncio.Future[None] = loop.create_future()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
+async def start_process(*command: str, limit: int, **options: Any) -> LocalProcess:
+    """`asyncio.create_subprocess_exec`, but with a `wait()` that ends when the process
+    does, not when its pipes close."""
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.subprocess_exec(
+        lambda: _ExitProtocol(limit, loop), *command, **options)
+    return LocalProcess(asyncio.subprocess.Process(transport, protocol, loop),
+                        exited=protocol.exited)
+
+
+class PipeInput:
+    """A process's stdin pipe as a `ProcessInput`."""
+
+    def __init__(self, writer: asyncio.StreamWriter):
+        self._writer = writer
+
+    async def write(self, data: bytes) -> None:
+        if self._writer.is_closing():
+            raise BrokenPipeError("the process's stdin is closed")
+        self._writer.write(data)
+        await self._writer.drain()
+
+    async def close(self) -> None:
+        if not self._writer.is_closing():
+            self._writer.close()
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
+
+
 class LocalProcess(SandboxProcess):
     """An asyncio subprocess; its pid is also its process group and session id."""
 
-    def __init__(self, process: asyncio.subprocess.Process):
+    def __init__(self, process: asyncio.subprocess.Process,
+                 exited: asyncio.Future[None] | None = None):
         self._process = process
+        self._exited = exited
         self.pid = process.pid
         assert process.stdout is not None
         self.stdout = process.stdout
         self.stderr = process.stderr
+        self.stdin = PipeInput(process.stdin) if process.stdin is not None else None
         self._signalled: int | None = None
 
     async def wait(self) -> ExitStatus:
-        code = await self._process.wait()
+        if self._exited is not None:
+            await asyncio.shield(self._exited)
+            code = self._process.returncode
+            assert code is not None
+        else:
+            code = await self._process.wait()
         if code < 0:
             return ExitStatus(signal=-code)
         # bwrap reports a child killed by signal N as 128+N; when we sent that signal

@@ -19,10 +19,12 @@ import shutil
 import signal
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from runtimes.base import (
+    ExecutableNotFound,
     ExitStatus,
     Phase,
     ResourceUsage,
@@ -35,8 +37,9 @@ from runtimes.base import (
     SpawnFailed,
     SpawnRequest,
 )
+from runtimes.fake.filesystem import FakeFilesystem
 from runtimes.fake.layout import Mount, SandboxLayout
-from runtimes.fake.processes import LocalProcess, processes_of, signal_all
+from runtimes.fake.processes import LocalProcess, processes_of, signal_all, start_process
 
 log = logging.getLogger("opensandbox.runtime.fake")
 
@@ -122,8 +125,11 @@ class FakeRuntime(Runtime):
             shutil.rmtree(probe_root, ignore_errors=True)
 
     async def close(self) -> None:
-        for sandbox_id in list(self._sandboxes):
-            await self.destroy(sandbox_id)
+        # All at once: one /proc scan per round for every sandbox, not several per sandbox
+        # (with a thousand sandboxes, one by one took minutes).
+        sandboxes = list(self._sandboxes.values())
+        self._sandboxes.clear()
+        await self._teardown(sandboxes)
         if self._own_state_dir:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
@@ -192,9 +198,16 @@ class FakeRuntime(Runtime):
             while await stream.read(PIPE_LIMIT):  # type: ignore[attr-defined]
                 pass
 
-        await asyncio.gather(drain(sandbox.main.stdout), drain(sandbox.main.stderr))
-        sandbox.exit = await sandbox.main.wait()
-        sandbox.finished_at = datetime.now(UTC)
+        # Record the exit as soon as the entrypoint itself ends: a child it left running may
+        # hold the pipes open for much longer (`sh -c "daemon & exit 0"`), and the sandbox
+        # must not look Running meanwhile. Keep draining until that child lets go.
+        drains = asyncio.gather(drain(sandbox.main.stdout), drain(sandbox.main.stderr))
+        try:
+            sandbox.exit = await sandbox.main.wait()
+            sandbox.finished_at = datetime.now(UTC)
+            await drains
+        finally:
+            drains.cancel()
 
     # --- processes -------------------------------------------------------------------------
 
@@ -220,7 +233,7 @@ class FakeRuntime(Runtime):
             raise SpawnFailed("empty command")
         program = request.argv[0]
         if layout.find_executable(program, env.get("PATH", DEFAULT_PATH)) is None:
-            raise SpawnFailed(f'exec: "{program}": executable file not found in $PATH')
+            raise ExecutableNotFound(f'exec: "{program}": executable file not found in $PATH')
         argv = list(request.argv)
         if request.uid is not None or request.gid is not None:
             ids = []
@@ -238,14 +251,15 @@ class FakeRuntime(Runtime):
             host_cwd = layout.resolve(cwd).host_path
         stderr = asyncio.subprocess.STDOUT if request.merge_stderr else asyncio.subprocess.PIPE
         try:
-            process = await asyncio.create_subprocess_exec(
-                *command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            process = await start_process(
+                *command, stdin=asyncio.subprocess.PIPE if request.stdin else
+                asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=stderr, env=env, cwd=host_cwd, start_new_session=True,
                 limit=PIPE_LIMIT)
         except OSError as error:
             raise SpawnFailed(f"fork/exec {program}: {error.strerror}") from error
         sandbox.sessions.add(process.pid)
-        return LocalProcess(process)
+        return process
 
     def _live_sessions(self, sandbox: FakeSandbox) -> set[int]:
         """Forget sessions with no process left, so a reused pid is never mistaken for ours."""
@@ -254,31 +268,62 @@ class FakeRuntime(Runtime):
         sandbox.sessions = alive_sessions
         return alive_sessions
 
+    def _signal_everything(self, sandbox: FakeSandbox, sig: int) -> bool:
+        """Signal every process of the sandbox; False when there was none.
+
+        Its sessions (and their descendants) are most of it; with isolation, so is every
+        process whose root directory is the sandbox's private root, which also catches a
+        daemon that left its session (`setsid`) and was orphaned to init."""
+        sessions = self._live_sessions(sandbox)
+        signal_all(sessions, sig)
+        strays = _rooted_in(_roots_of([sandbox]))
+        for pid in strays:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        return bool(sessions or strays)
+
     async def pause(self, sandbox_id: str) -> None:
         sandbox = self._get(sandbox_id)
-        signal_all(self._live_sessions(sandbox), signal.SIGSTOP)
+        self._signal_everything(sandbox, signal.SIGSTOP)
         sandbox.paused = True
 
     async def resume(self, sandbox_id: str) -> None:
         sandbox = self._get(sandbox_id)
-        signal_all(self._live_sessions(sandbox), signal.SIGCONT)
+        self._signal_everything(sandbox, signal.SIGCONT)
         sandbox.paused = False
 
     async def destroy(self, sandbox_id: str) -> None:
         sandbox = self._sandboxes.pop(sandbox_id, None)
-        if sandbox is None:
-            return
+        if sandbox is not None:
+            await self._teardown([sandbox])
+
+    async def _teardown(self, sandboxes: list[FakeSandbox]) -> None:
+        """Kill every process of `sandboxes` (frozen ones too) and remove their roots."""
+        sessions = set().union(*(sandbox.sessions for sandbox in sandboxes))
+        roots = _roots_of(sandboxes)
         for _ in range(5):
-            sessions = self._live_sessions(sandbox)
-            if not sessions:
+            # Members of the sessions and their descendants, plus whatever else runs with a
+            # sandbox's root as its root (a daemon that left its session and was orphaned).
+            victims = processes_of(sessions) | _rooted_in(roots)
+            if not victims:
                 break
-            signal_all(sessions, signal.SIGKILL)
-            signal_all(sessions, signal.SIGCONT)
+            for pid in victims:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+                    os.kill(pid, signal.SIGCONT)
             await asyncio.sleep(0.01)
-        if sandbox.watcher is not None:
+        watchers = [s.watcher for s in sandboxes if s.watcher is not None]
+        if watchers:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(sandbox.watcher, timeout=5)
-        await asyncio.to_thread(shutil.rmtree, sandbox.directory, True)
+                await asyncio.wait_for(asyncio.gather(*watchers, return_exceptions=True),
+                                       timeout=5)
+
+        # In parallel: each rmdir waits on the disk (tens of ms per root on a disk mounted
+        # with `discard`), so a thousand roots one after another took a minute.
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(max_workers=min(16, len(sandboxes) or 1)) as pool:
+            await asyncio.gather(*(loop.run_in_executor(pool, shutil.rmtree, s.directory, True)
+                                   for s in sandboxes))
 
     async def inspect(self, sandbox_id: str) -> RuntimeStatus:
         sandbox = self._get(sandbox_id)
@@ -293,6 +338,10 @@ class FakeRuntime(Runtime):
     def layout(self, sandbox_id: str) -> SandboxLayout:
         """The sandbox's mount table (the execd filesystem operations map paths with it)."""
         return self._get(sandbox_id).layout
+
+    def filesystem(self, sandbox_id: str) -> FakeFilesystem:
+        sandbox = self._get(sandbox_id)
+        return FakeFilesystem(sandbox.layout, home=sandbox.env.get("HOME", "/root"))
 
     async def port_address(self, sandbox_id: str, port: int) -> tuple[str, int]:
         self._get(sandbox_id)
@@ -318,6 +367,34 @@ class FakeRuntime(Runtime):
 
 def _hostname(sandbox_id: str) -> str:
     return "sandbox-" + sandbox_id.replace("-", "")[:12]
+
+
+def _roots_of(sandboxes: list[FakeSandbox]) -> set[tuple[int, int]]:
+    """(device, inode) of the private roots of the isolated ones among `sandboxes`."""
+    roots = set()
+    for sandbox in sandboxes:
+        if sandbox.layout.isolated:
+            with contextlib.suppress(OSError):
+                info = os.stat(sandbox.layout.root)
+                roots.add((info.st_dev, info.st_ino))
+    return roots
+
+
+def _rooted_in(roots: set[tuple[int, int]]) -> set[int]:
+    """Live pids whose root directory is one of `roots` (a bind mount keeps the inode)."""
+    if not roots:
+        return set()
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            info = os.stat(f"/proc/{entry}/root")
+        except OSError:  # gone, a zombie, or not ours to look at
+            continue
+        if (info.st_dev, info.st_ino) in roots:
+            found.add(int(entry))
+    return found
 
 
 def _session_of_any(sid: int, pids: set[int]) -> bool:

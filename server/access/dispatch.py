@@ -9,6 +9,7 @@ an unknown sandbox is 404, a paused one 503, a port where nothing listens 502.
 from __future__ import annotations
 
 import hmac
+from urllib.parse import quote, unquote
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -27,6 +28,8 @@ from server.lifecycle.service import SandboxService, runtime_error
 
 EXECD_PORT = 44772
 TOKEN_HEADER = "x-execd-access-token"
+ASGI_CONNECTION_KEYS = {"type", "asgi", "http_version", "method", "scheme", "server", "client",
+                        "headers", "query_string", "subprotocols", "extensions", "state"}
 
 
 class Dispatcher:
@@ -41,7 +44,8 @@ class Dispatcher:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, *, sandbox_id: str,
                        port: int, path: str) -> None:
-        """Serve one request (or WebSocket) for `port` of `sandbox_id`, at `path`."""
+        """Serve one request (or WebSocket) for `port` of `sandbox_id`, at `path`: the raw
+        request path (percent-escapes kept, no query) the target is to see."""
         try:
             await self._check(scope, sandbox_id, port)
         except ApiError as error:
@@ -82,9 +86,11 @@ class Dispatcher:
 
     async def _to_execd(self, scope: Scope, receive: Receive, send: Send, sandbox_id: str,
                         path: str) -> None:
-        child = dict(scope)
-        child["path"] = path or "/"
-        child["raw_path"] = (path or "/").encode()
+        # Only the connection's own keys: through the proxy route the scope also carries the
+        # lifecycle app's router, route and path parameters, which are not execd's.
+        child = {key: value for key, value in scope.items() if key in ASGI_CONNECTION_KEYS}
+        child["path"] = unquote(path or "/")
+        child["raw_path"] = (path or "/").encode("latin-1")
         child["root_path"] = ""
         child[SCOPE_KEY] = self.hub.get(sandbox_id)
         await self.execd_app(child, receive, send)
@@ -98,6 +104,14 @@ class Dispatcher:
         else:
             await self.http.forward(scope, receive, send, host=host, port=target_port,
                                     path=path)
+
+
+def raw_path_of(scope: Scope) -> str:
+    """The request path as sent, percent-escapes kept (`scope["path"]` is decoded)."""
+    raw = scope.get("raw_path")
+    if raw is None:
+        return quote(scope["path"])
+    return bytes(raw).decode("latin-1")
 
 
 def _header(scope: Scope, name: str) -> str | None:

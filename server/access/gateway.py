@@ -3,14 +3,20 @@
 Two ways to address `(sandbox, port)`, both always accepted:
 - the header `OpenSandbox-Ingress-To: <sandbox-id>-<port>` (the path is passed unchanged);
 - the URI `/<sandbox-id>/<port>/<rest>` (the target sees `/<rest>`).
+The routing header is the gateway's own and is not passed on. Paths are split on the raw
+(still percent-encoded) request path, so an escaped `/` or `?` reaches the target as sent.
 """
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 from starlette.types import Receive, Scope, Send
 
-from server.access.dispatch import Dispatcher
+from server.access.dispatch import Dispatcher, raw_path_of
 from server.errors import ApiError, send_error
+
+INGRESS_HEADER = b"opensandbox-ingress-to"
 
 
 class RouteNotFound(ApiError):
@@ -30,22 +36,25 @@ class Gateway:
             await send_error(scope, send, route)
             return
         sandbox_id, port, path = route
-        await self.dispatcher(scope, receive, send, sandbox_id=sandbox_id, port=port, path=path)
+        headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != INGRESS_HEADER]
+        await self.dispatcher({**scope, "headers": headers}, receive, send,
+                              sandbox_id=sandbox_id, port=port, path=path)
 
     @staticmethod
     def _route(scope: Scope) -> tuple[str, int, str] | ApiError:
+        raw_path = raw_path_of(scope)
         for key, value in scope.get("headers", []):
-            if key.lower() == b"opensandbox-ingress-to":
+            if key.lower() == INGRESS_HEADER:
                 target = value.decode("latin-1").strip()
                 sandbox_id, _, port = target.rpartition("-")
                 if sandbox_id and port.isdigit():
-                    return sandbox_id, int(port), scope["path"]
+                    return sandbox_id, int(port), raw_path
                 return RouteNotFound(f"OpenSandbox-Ingress-To must be '<sandbox-id>-<port>' "
                                      f"(got '{target}').")
-        parts = scope["path"].split("/", 3)
+        parts = raw_path.split("/", 3)
         if len(parts) >= 3 and parts[1] and parts[2].isdigit():
             rest = "/" + parts[3] if len(parts) == 4 else "/"
-            return parts[1], int(parts[2]), rest
+            return unquote(parts[1]), int(parts[2]), rest
         return RouteNotFound("The gateway routes by URI '/<sandbox-id>/<port>/<path>' or by "
                              "the header 'OpenSandbox-Ingress-To: <sandbox-id>-<port>'; this "
                              f"request had neither ({scope['path']}). Get a sandbox's address "

@@ -13,7 +13,7 @@ import re
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
-from server.access.dispatch import Dispatcher
+from server.access.dispatch import Dispatcher, raw_path_of
 from server.errors import ApiError, send_error
 
 PROXY_PATH = re.compile(r"^(/v1)?/sandboxes/[^/]+/proxy/\d+(/|$)")
@@ -33,7 +33,16 @@ class ProxyEndpoint:
                                                    code="GENERAL::NOT_FOUND", status_code=404))
             return
         await self.dispatcher(scope, receive, send, sandbox_id=params["sandbox_id"],
-                              port=int(params["port"]), path=rest or "/")
+                              port=int(params["port"]), path=raw_rest(scope))
+
+
+def raw_rest(scope: Scope) -> str:
+    """What follows `/sandboxes/{id}/proxy/{port}` in the raw request path (`/` if nothing),
+    percent-escapes kept. Path parameters are decoded, so they cannot give it."""
+    segments = raw_path_of(scope).split("/")
+    # "", ["v1"], "sandboxes", id, "proxy", port, rest...
+    skip = 6 if scope["path"].startswith("/v1/") else 5
+    return "/" + "/".join(segments[skip:])
 
 
 def proxy_routes(dispatcher: Dispatcher) -> list[BaseRoute]:

@@ -5,7 +5,10 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from server.errors import install_error_handlers
-from server.execd import health
+from server.execd import health, metrics
+from server.execd.code.routes import router as code_router
+from server.execd.commands.routes import router as commands_router
+from server.execd.files import router as files_router
 
 
 def create_execd_app() -> FastAPI:
@@ -14,4 +17,8 @@ def create_execd_app() -> FastAPI:
     install_error_handlers(app, validation_code="INVALID_REQUEST_BODY",
                            not_found_code="NOT_FOUND")
     app.include_router(health.router)
+    app.include_router(files_router)
+    app.include_router(metrics.router)
+    app.include_router(commands_router)
+    app.include_router(code_router)
     return app

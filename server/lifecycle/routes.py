@@ -69,13 +69,15 @@ async def renew_expiration(sandbox_id: str, body: RenewExpirationRequest,
 
 
 @router.get("/sandboxes/{sandbox_id}/endpoints/{port}")
-async def get_endpoint(sandbox_id: str, port: int, request: Request, sandboxes: Service,
+async def get_endpoint(sandbox_id: str, port: str, request: Request, sandboxes: Service,
                        use_server_proxy: bool = False) -> dict[str, Any]:
-    if not 1 <= port <= 65535:
+    # Parsed here, not by FastAPI, so that "abc" gets the same INVALID_PORT as 0 or 65536.
+    number = int(port) if port.isascii() and port.isdigit() else 0
+    if not 1 <= number <= 65535:
         raise InvalidPort(port)
     await sandboxes.state(sandbox_id)  # 404 for an unknown sandbox
     access = request.app.state.access
-    return endpoint_for(config=sandboxes.config, sandbox_id=sandbox_id, port=port,
+    return endpoint_for(config=sandboxes.config, sandbox_id=sandbox_id, port=number,
                         use_server_proxy=use_server_proxy,
                         host_header=request.headers.get("host", "127.0.0.1"),
                         gateway_port=access.gateway_port,

@@ -30,7 +30,7 @@ from server.errors import (
     SandboxNotRunning,
 )
 from server.lifecycle.models import CreateSandboxRequest
-from server.lifecycle.validation import check_create
+from server.lifecycle.validation import check_create, entrypoint_argv
 
 log = logging.getLogger("opensandbox.lifecycle")
 
@@ -117,6 +117,12 @@ class SandboxService:
         if record is None:
             raise SandboxNotFound(sandbox_id)
         return record
+
+    def _moved(self, record: SandboxRecord, state: SandboxState) -> None:
+        """Note a transition we caused, at the moment it happened (not when first read)."""
+        if state.state != record.last_state:
+            record.last_state = state.state
+            record.last_transition_at = self.clock.now()
 
     def exists(self, sandbox_id: str) -> bool:
         return sandbox_id in self._records
@@ -208,7 +214,7 @@ class SandboxService:
         auth = request.image.auth
         spec = SandboxSpec(
             sandbox_id=self.ids.sandbox_id(), image=request.image.uri,
-            entrypoint=list(request.entrypoint),
+            entrypoint=entrypoint_argv(request.entrypoint),
             env={k: v for k, v in (request.env or {}).items() if v is not None},
             resource_limits=dict(request.resource_limits), volumes=volumes,
             metadata=dict(request.metadata or {}), created_at=now, expires_at=expires,
@@ -226,9 +232,12 @@ class SandboxService:
             self._records.pop(spec.sandbox_id, None)
             raise
         record.transition = None
+        self._moved(record, RUNNING)
         self._wake.set()
         log.info("created sandbox %s (%s)", spec.sandbox_id, " ".join(spec.entrypoint))
-        return await self.describe(spec.sandbox_id, with_image=False)
+        body = await self.describe(spec.sandbox_id, with_image=False)
+        body["entrypoint"] = list(request.entrypoint)  # echoed as sent; GET shows the argv
+        return body
 
     async def delete(self, sandbox_id: str) -> None:
         record = self._record(sandbox_id)
@@ -259,6 +268,7 @@ class SandboxService:
         if state is not RUNNING:
             raise SandboxNotRunning(state.state)
         record.transition = PAUSING
+        self._moved(record, PAUSING)
         task = asyncio.create_task(self._finish_pause(record))
         record.tasks.add(task)
         task.add_done_callback(record.tasks.discard)
@@ -268,6 +278,8 @@ class SandboxService:
             await self.runtime.pause(record.id)
         except RuntimeFailure:
             log.exception("pausing sandbox %s failed", record.id)
+        else:
+            self._moved(record, PAUSED)
         finally:
             record.transition = None
 
@@ -279,6 +291,7 @@ class SandboxService:
             await self.runtime.resume(sandbox_id)
         except RuntimeFailure as error:
             raise runtime_error(error) from error
+        self._moved(self._record(sandbox_id), RUNNING)
 
     async def renew(self, sandbox_id: str, expires_at: str) -> dict[str, str]:
         record = self._record(sandbox_id)

@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import shlex
 
 from runtimes.base import VolumeMount
 from server.errors import InvalidMetadataLabel, InvalidParameter, VolumeError
 from server.lifecycle.models import CreateSandboxRequest, VolumeSpec
 
-LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
-DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# `\Z`, not `$`: `$` also matches before a trailing newline, which would let "a\n" through.
+LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?\Z")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
 MIN_TIMEOUT = 60
 
 
@@ -31,14 +33,33 @@ def check_entrypoint(entrypoint: list[str]) -> None:
     if not entrypoint[0].strip():
         raise InvalidParameter("entrypoint[0] must name a program, for example "
                                "[\"tail\", \"-f\", \"/dev/null\"].")
+    entrypoint_argv(entrypoint)
+
+
+def entrypoint_argv(entrypoint: list[str]) -> list[str]:
+    """The argv to run. As upstream does, a single element with spaces is a command line
+    (`["python -m http.server"]`) and is split the way a POSIX shell would split it."""
+    if len(entrypoint) != 1 or " " not in entrypoint[0]:
+        return list(entrypoint)
+    try:
+        argv = shlex.split(entrypoint[0])
+    except ValueError as error:
+        raise InvalidParameter(f"entrypoint {entrypoint[0]!r} cannot be split into "
+                               f"arguments ({error}); pass each argument as its own element."
+                               ) from error
+    if not argv or not argv[0]:
+        raise InvalidParameter(f"entrypoint {entrypoint[0]!r} does not name a program.")
+    return argv
 
 
 def check_metadata(metadata: dict[str, str] | None) -> None:
     """Kubernetes label rules: `[prefix/]name` keys and short values of a safe charset."""
     for key, value in (metadata or {}).items():
-        prefix, _, name = key.rpartition("/")
+        prefix, slash, name = key.rpartition("/")
+        # With a '/', the prefix must be a non-empty DNS subdomain ("/a" is not a key).
         valid_key = (0 < len(name) <= 63 and LABEL_NAME.match(name) is not None and
-                     (not prefix or (len(prefix) <= 253 and DNS_SUBDOMAIN.match(prefix))))
+                     (not slash or (0 < len(prefix) <= 253 and
+                                    DNS_SUBDOMAIN.match(prefix) is not None)))
         if not valid_key:
             raise InvalidMetadataLabel(
                 f"Metadata key '{key}' is not a valid Kubernetes label key: use up to 63 "

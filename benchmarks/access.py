@@ -1,0 +1,169 @@
+"""Benchmark of the access layer (issue 3): what the gateway and the server proxy cost.
+
+    python benchmarks/access.py [--pings N] [--size-mb N] [--rounds N]
+
+Starts its own server (fake runtime, bubblewrap), then measures in one run:
+- latency of execd `GET /ping` through the gateway and through the server proxy, beside the
+  lifecycle API's own `GET /health` (same server, no dispatch) as the baseline;
+- latency of a small file from an application port (`python3 -m http.server` inside the
+  sandbox): straight from that port, through the gateway, through the proxy;
+- MB/s of a large file (100 MB by default) from that port, the same three ways.
+Prints median and p99 (latency) or best and median of the rounds (throughput), the
+overhead ratios against the baseline, and the server's peak memory (bounded: bodies stream).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import ServerProcess, create_body, launch  # noqa: E402
+from tests.helpers import free_port, host_volume, wait_until_served  # noqa: E402
+
+EXECD = 44772
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def latency(client: httpx.Client, url: str, count: int) -> list[float]:
+    """Seconds per request over one keep-alive connection, after a short warm-up."""
+    for _ in range(min(50, count)):
+        client.get(url).raise_for_status()
+    samples = []
+    for _ in range(count):
+        start = time.perf_counter()
+        response = client.get(url)
+        samples.append(time.perf_counter() - start)
+        response.raise_for_status()
+    return samples
+
+
+def download_rate(client: httpx.Client, url: str, size: int) -> float:
+    """MB/s of one download, streamed and discarded."""
+    start = time.perf_counter()
+    received = 0
+    with client.stream("GET", url) as response:
+        response.raise_for_status()
+        for chunk in response.iter_raw(1 << 20):
+            received += len(chunk)
+    elapsed = time.perf_counter() - start
+    if received != size:
+        raise RuntimeError(f"{url}: got {received} bytes, expected {size}")
+    return size / elapsed / 1e6
+
+
+def write_file(path: Path, size: int) -> None:
+    block = os.urandom(1 << 20)
+    with path.open("wb") as handle:
+        for _ in range(size >> 20):
+            handle.write(block)
+        handle.write(block[: size % (1 << 20)])
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def row(name: str, values: list[str]) -> str:
+    return f"  {name:<34}" + "".join(f"{v:>14}" for v in values)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pings", type=int, default=1000, help="requests per latency series")
+    parser.add_argument("--size-mb", type=int, default=100, help="size of the large file")
+    parser.add_argument("--rounds", type=int, default=3, help="downloads per path")
+    args = parser.parse_args()
+    size = args.size_mb << 20
+
+    with tempfile.TemporaryDirectory(prefix="bench-access-") as work:
+        data = Path(work, "data")
+        data.mkdir()
+        write_file(data / "big.bin", size)
+        (data / "small.txt").write_bytes(b"hello\n" * 20)
+        server = launch({"server": {"log_level": "WARNING"}}, Path(work))
+        try:
+            return run(server, data, size, args)
+        finally:
+            server.stop()
+
+
+def run(server: ServerProcess, data: Path, size: int, args: argparse.Namespace) -> int:
+    port = free_port()
+    entrypoint = ["python3", "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                  "--directory", "/srv/data"]
+    with httpx.Client(base_url=server.url, timeout=60) as api:
+        created = api.post("/v1/sandboxes", json=create_body(
+            entrypoint=entrypoint, volumes=[host_volume("data", data, "/srv/data")]))
+        created.raise_for_status()
+        sandbox_id = created.json()["id"]
+        gateway = f"{server.gateway_url}/{sandbox_id}"
+        proxy = f"{server.url}/sandboxes/{sandbox_id}/proxy"
+        direct = f"http://127.0.0.1:{port}"
+        wait_until_served(f"{gateway}/{port}/small.txt")
+
+        print(f"access benchmark: server {server.url}, gateway :{server.gateway_port}, "
+              f"sandbox {sandbox_id}, app port {port}")
+        print(f"\nlatency, {args.pings} sequential requests on one keep-alive connection "
+              "(ms)")
+        print(row("", ["median", "p99", "x baseline"]))
+        series: list[tuple[str, str, str]] = [
+            ("baseline: lifecycle GET /health", f"{server.url}/health", "base"),
+            ("execd /ping via gateway", f"{gateway}/{EXECD}/ping", "base"),
+            ("execd /ping via server proxy", f"{proxy}/{EXECD}/ping", "base"),
+            ("baseline: app file, direct", f"{direct}/small.txt", "app"),
+            ("app file via gateway", f"{gateway}/{port}/small.txt", "app"),
+            ("app file via server proxy", f"{proxy}/{port}/small.txt", "app"),
+        ]
+        baselines: dict[str, float] = {}
+        with httpx.Client(timeout=60) as client:
+            for name, url, group in series:
+                samples = latency(client, url, args.pings)
+                median = statistics.median(samples)
+                baselines.setdefault(group, median)
+                print(row(name, [f"{median * 1e3:.3f}", f"{percentile(samples, 0.99) * 1e3:.3f}",
+                                 f"{median / baselines[group]:.2f}"]))
+
+        print(f"\nthroughput, {size >> 20} MB file from the app port, {args.rounds} rounds "
+              "(MB/s)")
+        print(row("", ["best", "median", "x direct"]))
+        paths: list[tuple[str, str]] = [
+            ("baseline: direct (loopback)", f"{direct}/big.bin"),
+            ("via gateway", f"{gateway}/{port}/big.bin"),
+            ("via server proxy", f"{proxy}/{port}/big.bin"),
+        ]
+        rates: dict[str, list[float]] = {name: [] for name, _ in paths}
+        with httpx.Client(timeout=120) as client:
+            for _ in range(args.rounds):  # interleaved, so drift hits every path alike
+                for name, url in paths:
+                    rates[name].append(download_rate(client, url, size))
+        base_rate = statistics.median(rates[paths[0][0]])
+        for name, _ in paths:
+            median = statistics.median(rates[name])
+            print(row(name, [f"{max(rates[name]):.0f}", f"{median:.0f}",
+                             f"{median / base_rate:.2f}"]))
+        print(f"\nserver peak RSS after {2 * args.rounds} proxied downloads of "
+              f"{size >> 20} MB: {peak_rss_mb(server.process.pid):.0f} MB "
+              "(bodies stream; they are never held whole)")
+        api.delete(f"/v1/sandboxes/{sandbox_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,172 @@
+"""File transfer speed and memory: a 500 MB upload and download through the Python SDK.
+
+Run: `python benchmarks/files.py [--megabytes 500]`.
+
+It starts its own server (`python -m server`, fake runtime, real bubblewrap) on ports the
+kernel picks and creates one sandbox with the official SDK. Baseline, measured in the same
+run on the same disk: a plain file copy of the same data (`shutil.copyfile`). Then the SDK
+uploads the file (`files.write_files` with a binary file object, which httpx streams) and
+downloads it again (`files.read_bytes_stream`, written to a file on the same disk). For each
+transfer it prints MB/s and the server's memory: its resident size when idle, the highest
+resident size sampled every 10 ms during the transfer, and the kernel's peak (VmHWM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable
+from datetime import timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = re.compile(r"lifecycle API on http://(\S+):(\d+) ")
+BLOCK = 1024 * 1024
+
+
+def start_server(workdir: Path) -> tuple[subprocess.Popen[str], str]:
+    config = workdir / "config.toml"
+    config.write_text(
+        '[server]\nhost = "127.0.0.1"\nport = 0\nlog_level = "WARNING"\n'
+        "[gateway]\nport = 0\n"
+        f'[fake]\nstate_dir = "{workdir / "state"}"\n')
+    process = subprocess.Popen([sys.executable, "-m", "server", "--config", str(config)],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    assert process.stdout is not None
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        match = READY.search(line)
+        if match:
+            threading.Thread(target=drain, args=(process.stdout,), daemon=True).start()
+            return process, f"{match.group(1)}:{match.group(2)}"
+    raise SystemExit("the server did not start:\n" + "".join(lines))
+
+
+def drain(stream: Iterable[str]) -> None:
+    """Keep reading the server's output so that it never blocks on a full pipe."""
+    for _ in stream:
+        pass
+
+
+def memory_mib(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class RssSampler:
+    """The highest VmRSS of `pid` seen while the block runs (sampled every 10 ms)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, memory_mib(self.pid, "VmRSS"))
+            time.sleep(0.01)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, memory_mib(self.pid, "VmRSS"))
+
+
+def make_data(path: Path, megabytes: int) -> None:
+    block = os.urandom(BLOCK)
+    with path.open("wb") as handle:
+        for index in range(megabytes):
+            handle.write(index.to_bytes(8, "little") + block[8:])  # no two blocks alike
+
+
+def same_file(a: Path, b: Path) -> bool:
+    with a.open("rb") as left, b.open("rb") as right:
+        while True:
+            x, y = left.read(BLOCK * 8), right.read(BLOCK * 8)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+async def transfers(domain: str, source: Path, target: Path, pid: int
+                    ) -> list[tuple[str, float, float]]:
+    from opensandbox import Sandbox
+    from opensandbox.config import ConnectionConfig
+    from opensandbox.models.filesystem import WriteEntry
+
+    config = ConnectionConfig(domain=domain, request_timeout=timedelta(minutes=5))
+    sandbox = await Sandbox.create("python:3.11", connection_config=config,
+                                   entrypoint=["sleep", "infinity"])
+    results = []
+    try:
+        with source.open("rb") as data, RssSampler(pid) as sampler:
+            started = time.perf_counter()
+            await sandbox.files.write_files([WriteEntry(path="/tmp/bench.bin", data=data)])
+            results.append(("SDK upload", time.perf_counter() - started, sampler.peak))
+        with target.open("wb") as out, RssSampler(pid) as sampler:
+            started = time.perf_counter()
+            stream = await sandbox.files.read_bytes_stream("/tmp/bench.bin",
+                                                           chunk_size=BLOCK)
+            async for chunk in stream:
+                out.write(chunk)
+            results.append(("SDK download", time.perf_counter() - started, sampler.peak))
+    finally:
+        await sandbox.kill()
+        await sandbox.close()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--megabytes", type=int, default=500)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-files-"))
+    process, domain = start_server(workdir)
+    try:
+        source, copy, downloaded = (workdir / "source.bin", workdir / "copy.bin",
+                                    workdir / "downloaded.bin")
+        make_data(source, args.megabytes)
+        size = source.stat().st_size
+        started = time.perf_counter()
+        shutil.copyfile(source, copy)
+        baseline = time.perf_counter() - started
+        copy.unlink()
+        idle = memory_mib(process.pid, "VmRSS")
+        results = asyncio.run(transfers(domain, source, downloaded, process.pid))
+        assert same_file(source, downloaded), "the downloaded file differs from the source"
+        megabytes = size / 1e6
+        print(f"{args.megabytes} MiB ({megabytes:.0f} MB), server idle RSS {idle:.0f} MiB\n")
+        print(f"{'transfer':<26}{'MB/s':>10}{'seconds':>10}{'server peak RSS':>18}")
+        print(f"{'plain copy (baseline)':<26}{megabytes / baseline:>10.0f}{baseline:>10.2f}"
+              f"{'-':>18}")
+        for name, seconds, peak in results:
+            print(f"{name:<26}{megabytes / seconds:>10.0f}{seconds:>10.2f}"
+                  f"{peak:>14.0f} MiB")
+        print(f"\nserver VmHWM (peak RSS since start): "
+              f"{memory_mib(process.pid, 'VmHWM'):.0f} MiB")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

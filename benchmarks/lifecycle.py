@@ -1,0 +1,155 @@
+"""Lifecycle API speed: create -> Running, and list with 1,000 sandboxes.
+
+Run: `python benchmarks/lifecycle.py [--sandboxes 1000] [--samples 200]`.
+
+It starts its own server (`python -m server`, fake runtime, real bubblewrap) on ports the
+kernel picks, and prints each measurement beside a baseline measured on the same server in
+the same run: `GET /health`, a route that does no work, so the difference is what the
+lifecycle itself costs. Every sandbox runs `sleep infinity`, which costs nothing once started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = re.compile(r"lifecycle API on http://(\S+):(\d+) ")
+BODY = {"image": {"uri": "python:3.11"}, "timeout": 3600, "resourceLimits": {},
+        "entrypoint": ["sleep", "infinity"], "metadata": {"bench": "lifecycle"}}
+
+
+def start_server(workdir: Path) -> tuple[subprocess.Popen[str], str]:
+    config = workdir / "config.toml"
+    config.write_text(
+        '[server]\nhost = "127.0.0.1"\nport = 0\nlog_level = "WARNING"\n'
+        "[gateway]\nport = 0\n"
+        f'[fake]\nstate_dir = "{workdir / "state"}"\n')
+    process = subprocess.Popen([sys.executable, "-m", "server", "--config", str(config)],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    assert process.stdout is not None
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        match = READY.search(line)
+        if match:
+            # Keep draining so the server never blocks on a full pipe.
+            threading.Thread(target=lambda: [None for _ in process.stdout],  # type: ignore
+                             daemon=True).start()
+            return process, f"http://{match.group(1)}:{match.group(2)}"
+    raise SystemExit("the server did not start:\n" + "".join(lines))
+
+
+def timed(samples: int, call: Callable[[], object]) -> list[float]:
+    """Wall time of each of `samples` calls, in milliseconds."""
+    times = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def report(name: str, values: list[float], baseline: list[float] | None = None) -> None:
+    line = f"{name:<44} median {statistics.median(values):8.2f} ms   p99 {p99(values):8.2f} ms"
+    if baseline is not None:
+        ratio = statistics.median(values) / statistics.median(baseline)
+        line += f"   ({ratio:5.1f}x baseline median)"
+    print(line, flush=True)
+
+
+def create_running(client: httpx.Client) -> str:
+    """POST a sandbox and poll until it is Running; returns its id."""
+    response = client.post("/v1/sandboxes", json=BODY)
+    response.raise_for_status()
+    body = response.json()
+    state = body["status"]["state"]
+    while state != "Running":
+        if state not in ("Pending",):
+            raise SystemExit(f"sandbox {body['id']} became {state}")
+        state = client.get(f"/v1/sandboxes/{body['id']}").json()["status"]["state"]
+    return str(body["id"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sandboxes", type=int, default=1000, help="sandboxes to list")
+    parser.add_argument("--samples", type=int, default=200, help="samples per measurement")
+    args = parser.parse_args()
+    if shutil.which("bwrap") is None:
+        print("warning: bubblewrap is missing; sandboxes run without isolation", flush=True)
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-lifecycle-"))
+    started = time.monotonic()
+    process, url = start_server(workdir)
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for _ in range(20):  # warm up connections and code paths
+                client.get("/health")
+                client.get("/v1/sandboxes")
+            health = timed(args.samples, lambda: client.get("/health").raise_for_status())
+            print(f"server: {url}, runtime {client.get('/health').json()['isolation']}; "
+                  f"{args.samples} samples each\n", flush=True)
+            report("baseline: GET /health", health)
+
+            created: list[str] = []
+            samples = min(args.samples, args.sandboxes)
+            create_times = timed(samples, lambda: created.append(create_running(client)))
+            report("create -> Running", create_times, health)
+
+            fill_start = time.monotonic()
+            while len(created) < args.sandboxes:
+                created.append(create_running(client))
+            total = client.get("/v1/sandboxes", params={"pageSize": 1}).json()
+            count = total["pagination"]["totalItems"]
+            print(f"  ({count} sandboxes live; the rest created in "
+                  f"{time.monotonic() - fill_start:.1f} s)", flush=True)
+
+            health = timed(args.samples, lambda: client.get("/health").raise_for_status())
+            report(f"baseline again with {count} sandboxes", health)
+            for label, params in (
+                    ("list, first page (pageSize 20)", {}),
+                    ("list, pageSize 200", {"pageSize": 200}),
+                    ("list, metadata filter, pageSize 200",
+                     {"metadata": "bench=lifecycle", "pageSize": 200}),
+                    ("list, state filter, last page", {"state": "Running", "pageSize": 20,
+                                                       "page": count // 20})):
+                def list_once(params: dict[str, object] = params) -> None:
+                    response = client.get("/v1/sandboxes", params=params)
+                    response.raise_for_status()
+                    assert response.json()["pagination"]["totalItems"] == count
+
+                report(label, timed(args.samples, list_once), health)
+    finally:
+        stop_start = time.monotonic()
+        process.terminate()
+        try:
+            process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        print(f"\nserver stopped (destroying every sandbox) in "
+              f"{time.monotonic() - stop_start:.1f} s; whole run "
+              f"{time.monotonic() - started:.1f} s", flush=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

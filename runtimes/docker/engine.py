@@ -1,0 +1,220 @@
+"""The Docker engine, seen from the event loop.
+
+`Engine` wraps the Docker SDK (`docker==7.2.0`): every SDK call is blocking, so each one
+runs in a worker thread (`call`). The one thing the SDK cannot give the loop is an exec's
+output as it is produced: `attach_exec` speaks the engine's HTTP upgrade itself over an
+asyncio connection (Unix socket, TCP or TLS) and returns the raw multiplexed stream, so a
+command's output costs no thread however long the command runs. For transports asyncio
+cannot open (`ssh://`, named pipes) it falls back to the SDK's socket, read in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import anyio
+import docker
+from docker.errors import APIError, DockerException
+
+from runtimes.base import RuntimeFailure
+
+T = TypeVar("T")
+
+# Worker threads for blocking SDK calls; separate from anyio's default pool so that a burst
+# of Docker calls never starves the rest of the server (and the reverse).
+SDK_THREADS = 16
+
+
+class ExecStartError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class RawStream:
+    """The hijacked connection of one exec: read raw bytes, close."""
+
+    async def read(self, max_bytes: int) -> bytes:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    async def close(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class AsyncioStream(RawStream):
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self._reader = reader
+        self._writer = writer
+
+    async def read(self, max_bytes: int) -> bytes:
+        try:
+            return await self._reader.read(max_bytes)
+        except (ConnectionError, OSError):
+            return b""
+
+    async def close(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(Exception):
+            await self._writer.wait_closed()
+
+
+class ThreadedStream(RawStream):
+    """The SDK's socket, for transports asyncio cannot open; one reader thread."""
+
+    def __init__(self, sock: Any):
+        self._sock = sock
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
+        loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._pump, args=(loop,), daemon=True,
+                                        name="docker-exec-reader")
+        self._thread.start()
+
+    def _pump(self, loop: asyncio.AbstractEventLoop) -> None:
+        from docker.utils.socket import read
+
+        while True:
+            try:
+                data = read(self._sock, 65536) or b""
+            except Exception:
+                data = b""
+            if isinstance(data, str):
+                data = data.encode()
+            try:
+                asyncio.run_coroutine_threadsafe(self._queue.put(data), loop).result()
+            except Exception:
+                return
+            if not data:
+                return
+
+    async def read(self, max_bytes: int) -> bytes:
+        return await self._queue.get()
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._sock.close()
+
+
+class Engine:
+    """One Docker client, made from the environment (`DOCKER_HOST`, …) like the CLI."""
+
+    def __init__(self, client: docker.DockerClient | None = None):
+        self._client = client
+        self._limiter = anyio.CapacityLimiter(SDK_THREADS)
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            raise RuntimeFailure("The Docker engine is not connected.",
+                                 code="DOCKER::UNAVAILABLE", status=503)
+        return self._client
+
+    @property
+    def api(self) -> docker.APIClient:
+        return self.client.api
+
+    async def connect(self) -> None:
+        if self._client is not None:
+            return
+
+        def make() -> docker.DockerClient:
+            client = docker.from_env(timeout=180)
+            client.ping()
+            return client
+
+        try:
+            self._client = await self.call(make)
+        except DockerException as error:
+            raise RuntimeFailure(
+                f"Cannot reach the Docker engine ({error}). Start dockerd, or point DOCKER_HOST "
+                "at a running engine, or use [runtime] type = \"fake\".",
+                code="DOCKER::UNAVAILABLE", status=503) from error
+
+    async def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run one blocking SDK call in a worker thread."""
+        return await anyio.to_thread.run_sync(lambda: function(*args, **kwargs),
+                                              limiter=self._limiter)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await self.call(client.close)
+
+    # --- exec streams ------------------------------------------------------------------------
+
+    async def attach_exec(self, exec_id: str) -> RawStream:
+        """Start the exec and return its raw output stream (8-byte framed, as the engine
+        sends it without a TTY). Raises `ExecStartError` when the engine refuses."""
+        api = self.api
+        base = api.base_url
+        adapter = getattr(api, "_custom_adapter", None)
+        socket_path = getattr(adapter, "socket_path", None)
+        if socket_path and base.startswith("http+docker://localhost"):
+            reader, writer = await asyncio.open_unix_connection(socket_path, limit=1 << 20)
+        elif base.startswith(("http://", "https://")):
+            parts = urlsplit(base)
+            context = self._ssl_context() if parts.scheme == "https" else None
+            reader, writer = await asyncio.open_connection(
+                parts.hostname, parts.port or (2376 if context else 2375), ssl=context,
+                limit=1 << 20)
+        else:
+            return await self._attach_with_sdk(exec_id)
+        body = json.dumps({"Detach": False, "Tty": False}).encode()
+        request = (f"POST /v{api._version}/exec/{exec_id}/start HTTP/1.1\r\n"
+                   "Host: docker\r\nContent-Type: application/json\r\n"
+                   f"Content-Length: {len(body)}\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
+                   "\r\n").encode() + body
+        try:
+            writer.write(request)
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as error:
+            writer.close()
+            raise ExecStartError(500, f"the engine closed the exec stream: {error}") from error
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        status = int(status_line.split()[1])
+        if status in (101, 200):
+            return AsyncioStream(reader, writer)
+        headers = {}
+        for line in header_lines:
+            key, _, value = line.partition(":")
+            headers[key.strip().lower()] = value.strip()
+        try:
+            length = int(headers.get("content-length", "0"))
+            raw = await asyncio.wait_for(reader.readexactly(length), 10) if length else b""
+        except (asyncio.IncompleteReadError, TimeoutError, ValueError):
+            raw = b""
+        writer.close()
+        try:
+            message = json.loads(raw).get("message", "")
+        except ValueError:
+            message = raw.decode(errors="replace")
+        raise ExecStartError(status, message or status_line)
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        verify = getattr(self.api, "verify", True)
+        context = ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
+        if verify is False:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        cert = getattr(self.api, "cert", None)
+        if isinstance(cert, tuple):
+            context.load_cert_chain(*cert)
+        elif isinstance(cert, str):
+            context.load_cert_chain(cert)
+        return context
+
+    async def _attach_with_sdk(self, exec_id: str) -> RawStream:
+        try:
+            sock = await self.call(self.api.exec_start, exec_id, socket=True)
+        except APIError as error:
+            raise ExecStartError(error.status_code or 500, error.explanation or str(error)
+                                 ) from error
+        return ThreadedStream(sock)

@@ -1,0 +1,893 @@
+"""`FakeFilesystem`: a fake sandbox's files, reached from the host through its mount table.
+
+Every path is first resolved by `SandboxLayout.resolve`, which follows `..` and symlinks
+inside the sandbox's own view. Resolving and then opening is a race, though: between the
+two, a sandbox process could swap a directory on the path for a symlink to a host
+directory. So nothing here opens a resolved host path and trusts it. Each operation opens
+the object (or its parent directory) with `O_PATH|O_NOFOLLOW`, checks through
+`/proc/self/fd` that the kernel reached exactly the host path the layout promised, and then
+works relative to that descriptor (`*at` calls, `dir_fd=`), so no later path lookup can be
+redirected.
+
+Blocking I/O runs in worker threads; reads and writes move at most `CHUNK_SIZE` at a time,
+so a 1 GB transfer costs the server about one chunk of memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import os
+import posixpath
+import secrets
+import shutil
+import stat
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+
+from runtimes.base import PathReadOnly, RuntimeFailure
+from runtimes.fake.layout import Mount, ResolvedPath, SandboxLayout
+from runtimes.filesystem import (
+    CHUNK_SIZE,
+    ChangeOwnership,
+    FileBusy,
+    FileExists,
+    FileInfo,
+    FileNotFound,
+    FileReader,
+    FileType,
+    FileWriter,
+    IsADirectory,
+    NotADirectory,
+    PathNotAccessible,
+    SandboxFilesystem,
+    UnknownGroup,
+    UnknownUser,
+)
+
+NEW_FILE_MODE = 0o755  # upstream's 0777 &~ umask 022
+NEW_DIR_MODE = 0o755
+NAMES_LIMIT = 4 * 1024 * 1024  # /etc/passwd and /etc/group larger than this are ignored
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A path resolved in the sandbox's view, with the mount it lies on."""
+
+    shown: str  # how replies name it: the requested path, absolute and cleaned
+    resolved: ResolvedPath
+    mount: Mount
+
+    @property
+    def sandbox_path(self) -> str:
+        return self.resolved.sandbox_path
+
+    @property
+    def host_path(self) -> str:
+        return self.resolved.host_path
+
+    @property
+    def is_mount_point(self) -> bool:
+        return self.sandbox_path == self.mount.sandbox_path
+
+
+@dataclass(frozen=True)
+class _Names:
+    """The sandbox's own users and groups (from its /etc/passwd and /etc/group)."""
+
+    users: dict[int, str]
+    groups: dict[int, str]
+    uids: dict[str, int]
+    gids: dict[str, int]
+
+    def user(self, uid: int) -> str:
+        return self.users.get(uid, str(uid))
+
+    def group(self, gid: int) -> str:
+        return self.groups.get(gid, str(gid))
+
+    def uid(self, name: str | None) -> int:
+        if not name:
+            return -1
+        if name in self.uids:
+            return self.uids[name]
+        if name.isdigit():
+            return int(name)
+        raise UnknownUser(name)
+
+    def gid(self, name: str | None) -> int:
+        if not name:
+            return -1
+        if name in self.gids:
+            return self.gids[name]
+        if name.isdigit():
+            return int(name)
+        raise UnknownGroup(name)
+
+
+def _parse_ids(text: str) -> tuple[dict[int, str], dict[str, int]]:
+    by_id: dict[int, str] = {}
+    by_name: dict[str, int] = {}
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) < 3 or line.startswith("#") or not fields[2].isdigit():
+            continue
+        by_id.setdefault(int(fields[2]), fields[0])
+        by_name.setdefault(fields[0], int(fields[2]))
+    return by_id, by_name
+
+
+def _file_type(mode: int) -> FileType:
+    if stat.S_ISREG(mode):
+        return FileType.FILE
+    if stat.S_ISDIR(mode):
+        return FileType.DIRECTORY
+    if stat.S_ISLNK(mode):
+        return FileType.SYMLINK
+    return FileType.OTHER
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _magic(fd: int) -> str:
+    """A path that reaches the object `fd` refers to, without another path lookup."""
+    return f"/proc/self/fd/{fd}"
+
+
+def _failure(error: OSError, action: str, path: str) -> RuntimeFailure:
+    """An OS error as the runtime failure a client can act on."""
+    code = error.errno
+    if code == errno.ENOENT:
+        return FileNotFound(path)
+    if code == errno.ENOTDIR:
+        return NotADirectory(f"cannot {action} {path}: a component of the path is not a "
+                             "directory")
+    if code == errno.EISDIR:
+        return IsADirectory(f"cannot {action} {path}: it is a directory")
+    if code in (errno.EEXIST, errno.ENOTEMPTY):
+        return FileExists(f"cannot {action} {path}: the target already exists")
+    if code == errno.EROFS:
+        return PathReadOnly(f"cannot {action} {path}: it is on a read-only filesystem")
+    if code == errno.ELOOP:
+        return FileBusy(f"cannot {action} {path}: it changed into a symlink while the server "
+                        "was using it; retry the request")
+    return RuntimeFailure(f"cannot {action} {path}: {error.strerror or error}")
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_RENAME_NOREPLACE = 1
+
+
+def _rename_noreplace(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
+    """renameat2(RENAME_NOREPLACE): moving never overwrites a destination that appeared
+    after we looked. Falls back to a check plus rename where the kernel lacks it."""
+    renameat2 = getattr(_libc, "renameat2", None)
+    if renameat2 is not None:
+        if renameat2(src_fd, os.fsencode(src), dst_fd, os.fsencode(dst),
+                     _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        # EINVAL: a filesystem without the flag, or a directory moved into itself (which
+        # the plain rename below reports again).
+        if err not in (errno.ENOSYS, errno.EINVAL):
+            raise OSError(err, os.strerror(err))
+    if _exists_at(dst_fd, dst):
+        raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+    os.rename(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+
+
+def _exists_at(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _temp_name(name: str) -> str:
+    return f".{name[:180]}.{secrets.token_hex(6)}.part"
+
+
+class FakeFilesystem(SandboxFilesystem):
+    def __init__(self, layout: SandboxLayout, home: str = "/root"):
+        self.layout = layout
+        self.home = home or "/root"
+        self._real_roots: dict[str, str] = {}
+
+    # --- resolution and verified opens -----------------------------------------------------
+
+    def _mount_for(self, sandbox_path: str) -> Mount:
+        # The layout's own choice, so the mount always agrees with how `resolve` mapped it.
+        return self.layout._mount_for(sandbox_path)
+
+    def _target(self, path: str, *, follow_last: bool = True) -> _Target:
+        resolved = self.layout.resolve(self.absolute(path), follow_last=follow_last)
+        mount = self._mount_for(resolved.sandbox_path)
+        if mount.kind != "bind":
+            raise PathNotAccessible(
+                f"{self.display(path)} is on the sandbox's {mount.sandbox_path}, a kernel "
+                "filesystem each sandbox process gets on its own; the file API cannot reach "
+                f"it. Read it with a command instead (e.g. cat {resolved.sandbox_path}).")
+        return _Target(self.display(path), resolved, mount)
+
+    def _expected(self, sandbox_path: str) -> str:
+        """The real host path `sandbox_path` must have once opened."""
+        mount = self._mount_for(sandbox_path)
+        root = self._real_roots.get(mount.host_path)
+        if root is None:
+            root = self._real_roots[mount.host_path] = os.path.realpath(mount.host_path)
+        rest = sandbox_path[len(mount.sandbox_path):].strip("/")
+        return posixpath.join(root, rest) if rest else root
+
+    def _open(self, sandbox_path: str, shown: str, flags: int = 0) -> int:
+        """An `O_PATH` descriptor of the object at the already-resolved `sandbox_path`,
+        checked to be exactly where the layout puts it (a final symlink is not followed)."""
+        expected = self._expected(sandbox_path)
+        try:
+            fd = os.open(expected, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC | flags)
+        except OSError as error:
+            raise _failure(error, "open", shown) from error
+        try:
+            actual = os.readlink(_magic(fd))
+        except OSError:
+            actual = ""
+        if actual != expected:
+            _close(fd)
+            raise FileBusy(f"{shown} changed while the server was resolving it (a directory "
+                           "on the path was replaced or turned into a symlink); retry.")
+        return fd
+
+    def _open_target(self, target: _Target, flags: int = 0) -> int:
+        return self._open(target.sandbox_path, target.shown, flags)
+
+    def _open_parent(self, target: _Target) -> tuple[int, str]:
+        """The directory holding `target` (never a mount point itself), and its name."""
+        if target.is_mount_point:
+            raise FileBusy(f"{target.shown} is a mount point of the sandbox; it cannot be "
+                           "removed, renamed or replaced.")
+        parent = posixpath.dirname(target.sandbox_path)
+        name = posixpath.basename(target.sandbox_path)
+        return self._open(parent, target.shown, os.O_DIRECTORY), name
+
+    def _reopen(self, fd: int, flags: int) -> int:
+        """A real descriptor (read, write…) for the object an `O_PATH` descriptor holds."""
+        return os.open(_magic(fd), flags | os.O_CLOEXEC)
+
+    def _names(self) -> _Names:
+        texts = []
+        for path in ("/etc/passwd", "/etc/group"):
+            try:
+                target = self._target(path)
+                fd = self._open_target(target)
+            except RuntimeFailure:
+                texts.append("")
+                continue
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    texts.append("")
+                    continue
+                handle = self._reopen(fd, os.O_RDONLY)
+                try:
+                    texts.append(os.read(handle, NAMES_LIMIT).decode(errors="replace"))
+                finally:
+                    os.close(handle)
+            except OSError:
+                texts.append("")
+            finally:
+                _close(fd)
+        users, uids = _parse_ids(texts[0])
+        groups, gids = _parse_ids(texts[1])
+        return _Names(users, groups, uids, gids)
+
+    def _info(self, shown: str, st: os.stat_result, names: _Names) -> FileInfo:
+        return FileInfo(path=shown, size=st.st_size, modified_ns=st.st_mtime_ns,
+                        changed_ns=st.st_ctime_ns, owner=names.user(st.st_uid),
+                        group=names.group(st.st_gid), mode=stat.S_IMODE(st.st_mode),
+                        type=_file_type(st.st_mode))
+
+    @staticmethod
+    def _check_mode(mode: int | None) -> None:
+        if mode is not None and not 0 <= mode <= 0o7777:
+            raise RuntimeFailure(f"mode {oct(mode)} is out of range (0 to 7777 octal)",
+                                 code="INVALID_REQUEST_BODY", status=400)
+
+    def _ids(self, ownership: ChangeOwnership) -> tuple[int, int]:
+        """(uid, gid) for the names, -1 for "leave it"; reads the sandbox's files only
+        when there is a name to look up."""
+        if not ownership.owner and not ownership.group:
+            return -1, -1
+        names = self._names()
+        return names.uid(ownership.owner), names.gid(ownership.group)
+
+    def _apply(self, fd: int, ownership: ChangeOwnership) -> None:
+        """chown, then chmod (chown clears set-id bits), on an `O_PATH` descriptor."""
+        uid, gid = self._ids(ownership)
+        if uid != -1 or gid != -1:
+            os.chown(_magic(fd), uid, gid)
+        if ownership.mode:
+            os.chmod(_magic(fd), ownership.mode)
+
+    # --- stat and search -------------------------------------------------------------------
+
+    async def stat(self, path: str, *, follow_symlinks: bool = True) -> FileInfo:
+        return await asyncio.to_thread(self._stat, path, follow_symlinks)
+
+    def _stat(self, path: str, follow: bool) -> FileInfo:
+        target = self._target(path, follow_last=follow)
+        fd = self._open_target(target)
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        return self._info(target.shown, st, self._names())
+
+    async def search(self, root: str, match: Callable[[str], bool]) -> list[FileInfo]:
+        return await asyncio.to_thread(self._search, root, match)
+
+    def _search(self, root: str, match: Callable[[str], bool]) -> list[FileInfo]:
+        target = self._target(root)
+        names = self._names()
+        fd = self._open_target(target)
+        listing: int | None = None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISDIR(st.st_mode):
+                if match(posixpath.basename(target.shown)):
+                    return [self._info(target.shown, st, names)]
+                return []
+            listing = self._reopen(fd, os.O_RDONLY | os.O_DIRECTORY)
+            found: list[FileInfo] = []
+            self._walk(listing, target.sandbox_path, target.shown, match, names, found)
+            return found
+        except OSError as error:
+            raise _failure(error, "search", target.shown) from error
+        finally:
+            _close(fd)
+            _close(listing)
+
+    def _walk(self, fd: int, sandbox_dir: str, shown_dir: str, match: Callable[[str], bool],
+              names: _Names, found: list[FileInfo]) -> None:
+        """Depth-first in lexical order, as upstream's walk; crosses into the sandbox's
+        other mounts (volumes, system directories) where the sandbox would see them."""
+        try:
+            entries = sorted(os.listdir(fd))
+        except OSError as error:
+            raise _failure(error, "search", shown_dir) from error
+        for name in entries:
+            child_sandbox = posixpath.join(sandbox_dir, name)
+            child_shown = posixpath.join(shown_dir, name)
+            mount = self._mount_for(child_sandbox)
+            if mount.sandbox_path == child_sandbox:
+                if mount.kind != "bind":
+                    continue
+                child = self._open(child_sandbox, child_shown, os.O_DIRECTORY)
+            else:
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISDIR(st.st_mode):
+                    if match(name):
+                        found.append(self._info(child_shown, st, names))
+                    continue
+                try:
+                    child = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW
+                                    | os.O_CLOEXEC, dir_fd=fd)
+                except OSError:
+                    continue  # replaced meanwhile: skip, as a walk racing `rm` would
+            try:
+                listing = self._reopen(child, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError as error:
+                _close(child)
+                raise _failure(error, "search", child_shown) from error
+            _close(child)
+            try:
+                self._walk(listing, child_sandbox, child_shown, match, names, found)
+            finally:
+                _close(listing)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    async def open_read(self, path: str) -> FileReader:
+        return await asyncio.to_thread(self._open_read, path)
+
+    def _open_read(self, path: str) -> _Reader:
+        target = self._target(path)
+        fd = self._open_target(target)
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectory(f"{target.shown} is a directory; download files one by "
+                                   "one (search lists them).")
+            if not stat.S_ISREG(st.st_mode):
+                raise RuntimeFailure(f"{target.shown} is not a regular file",
+                                     code="INVALID_FILE", status=400)
+            handle = self._reopen(fd, os.O_RDONLY)
+        except OSError as error:
+            raise _failure(error, "read", target.shown) from error
+        finally:
+            _close(fd)
+        return _Reader(handle, self._info(target.shown, st, self._names()))
+
+    # --- writing ---------------------------------------------------------------------------
+
+    async def open_write(self, path: str, ownership: ChangeOwnership) -> FileWriter:
+        return await asyncio.to_thread(self._open_write, path, ownership)
+
+    def _open_write(self, path: str, ownership: ChangeOwnership) -> _Writer:
+        self._check_mode(ownership.mode)
+        target = self._target(path)
+        if target.is_mount_point:
+            raise IsADirectory(f"cannot write {target.shown}: it is a directory")
+        target.resolved.require_writable()
+        uid, gid = self._ids(ownership)
+        self._make_dirs(posixpath.dirname(target.sandbox_path), ChangeOwnership())
+        parent, name = self._open_parent(target)
+        temp = _temp_name(name)
+        try:
+            mode = ownership.mode or NEW_FILE_MODE
+            try:
+                existing = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            except FileNotFoundError:
+                existing = None
+            if existing is not None:
+                if stat.S_ISDIR(existing.st_mode):
+                    raise IsADirectory(f"cannot write {target.shown}: it is a directory")
+                mode = ownership.mode or stat.S_IMODE(existing.st_mode)
+                uid = existing.st_uid if uid == -1 else uid
+                gid = existing.st_gid if gid == -1 else gid
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=parent)
+        except OSError as error:
+            _close(parent)
+            raise _failure(error, "write", target.shown) from error
+        except BaseException:
+            _close(parent)
+            raise
+        return _Writer(self, target.shown, posixpath.dirname(target.sandbox_path), parent,
+                       name, temp, fd, mode, uid, gid)
+
+    # --- directories -----------------------------------------------------------------------
+
+    async def make_dirs(self, path: str, ownership: ChangeOwnership) -> None:
+        await asyncio.to_thread(self._make_dirs, path, ownership)
+
+    def _make_dirs(self, path: str, ownership: ChangeOwnership) -> None:
+        self._check_mode(ownership.mode)
+        target = self._target(path)
+        shown = target.shown
+        self._ids(ownership)  # unknown names fail before anything is created
+        parts = [p for p in target.sandbox_path.split("/") if p]
+        fd: int | None = None
+        try:
+            # The longest prefix that exists, opened where the layout says it is (a
+            # prefix may be a mount point, whose host directory is elsewhere).
+            existing = 0
+            for count in range(len(parts), -1, -1):
+                prefix = "/" + "/".join(parts[:count])
+                if os.path.lexists(self.layout.resolve(prefix).host_path):
+                    existing = count
+                    fd = self._open(prefix, shown)
+                    break
+            assert fd is not None  # "/" always exists
+            if not stat.S_ISDIR(os.fstat(fd).st_mode):
+                raise NotADirectory(f"cannot create directory {shown}: "
+                                    f"{'/' + '/'.join(parts[:existing])} exists and is not "
+                                    "a directory")
+            if existing < len(parts):
+                target.resolved.require_writable()
+            for name in parts[existing:]:
+                try:
+                    os.mkdir(name, NEW_DIR_MODE, dir_fd=fd)
+                    created = True
+                except FileExistsError:
+                    created = False
+                child = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW
+                                | os.O_CLOEXEC, dir_fd=fd)
+                os.close(fd)
+                fd = child
+                if created:
+                    os.chmod(_magic(fd), NEW_DIR_MODE)  # whatever the server's umask
+            if ownership.changes_anything:
+                target.resolved.require_writable()
+                self._apply(fd, ownership)
+        except OSError as error:
+            raise _failure(error, "create directory", shown) from error
+        finally:
+            _close(fd)
+
+    async def remove_tree(self, path: str) -> None:
+        await asyncio.to_thread(self._remove_tree, path)
+
+    def _nested_mounts(self, sandbox_path: str) -> list[Mount]:
+        prefix = sandbox_path.rstrip("/") + "/"
+        return [m for m in self.layout.mounts if m.sandbox_path.startswith(prefix)]
+
+    def _remove_tree(self, path: str) -> None:
+        target = self._target(path, follow_last=False)
+        if not os.path.lexists(target.host_path):
+            return
+        if not os.path.isdir(target.host_path) or os.path.islink(target.host_path):
+            self._unlink(target)
+            return
+        target.resolved.require_writable()
+        for mount in self._nested_mounts(target.sandbox_path):
+            if mount.read_only:
+                raise PathReadOnly(f"cannot remove {target.shown}: it contains "
+                                   f"{mount.sandbox_path}, a read-only mount of the sandbox")
+        try:
+            if target.is_mount_point:
+                fd = self._open_target(target, os.O_DIRECTORY)
+                try:
+                    self._clear(fd, target.sandbox_path, target.shown)
+                finally:
+                    os.close(fd)
+                return
+            parent, name = self._open_parent(target)
+            try:
+                if self._nested_mounts(target.sandbox_path):
+                    child = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW
+                                    | os.O_CLOEXEC, dir_fd=parent)
+                    try:
+                        self._clear(child, target.sandbox_path, target.shown)
+                    finally:
+                        os.close(child)
+                else:
+                    shutil.rmtree(name, dir_fd=parent)
+            finally:
+                os.close(parent)
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            raise _failure(error, "remove", target.shown) from error
+
+    def _clear(self, fd: int, sandbox_dir: str, shown: str) -> None:
+        """Remove everything in a directory except the sandbox's mount points (which `rm -rf`
+        cannot remove either); the contents of writable mounts below go too."""
+        listing = self._reopen(fd, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for name in os.listdir(listing):
+                child_sandbox = posixpath.join(sandbox_dir, name)
+                mount = self._mount_for(child_sandbox)
+                if mount.sandbox_path == child_sandbox:
+                    child = self._open(child_sandbox, shown, os.O_DIRECTORY)
+                elif self._nested_mounts(child_sandbox):
+                    child = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW
+                                    | os.O_CLOEXEC, dir_fd=listing)
+                else:
+                    st = os.stat(name, dir_fd=listing, follow_symlinks=False)
+                    if stat.S_ISDIR(st.st_mode):
+                        shutil.rmtree(name, dir_fd=listing)
+                    else:
+                        os.unlink(name, dir_fd=listing)
+                    continue
+                try:
+                    self._clear(child, child_sandbox, shown)
+                finally:
+                    os.close(child)
+        finally:
+            os.close(listing)
+
+    # --- files -----------------------------------------------------------------------------
+
+    async def remove_file(self, path: str) -> None:
+        await asyncio.to_thread(self._remove_file, path)
+
+    def _remove_file(self, path: str) -> None:
+        target = self._target(path, follow_last=False)
+        if target.is_mount_point:
+            raise IsADirectory(f"{target.shown} is a directory; remove directories with "
+                               "DELETE /directories")
+        if not os.path.lexists(target.host_path):
+            return
+        self._unlink(target)
+
+    def _unlink(self, target: _Target) -> None:
+        try:
+            parent, name = self._open_parent(target)
+        except (FileNotFound, NotADirectory):
+            return
+        try:
+            try:
+                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            except FileNotFoundError:
+                return
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectory(f"{target.shown} is a directory; remove directories with "
+                                   "DELETE /directories")
+            target.resolved.require_writable()
+            os.unlink(name, dir_fd=parent)
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            raise _failure(error, "remove", target.shown) from error
+        finally:
+            os.close(parent)
+
+    async def rename(self, src: str, dest: str) -> None:
+        await asyncio.to_thread(self._rename, src, dest)
+
+    def _rename(self, src: str, dest: str) -> None:
+        source = self._target(src, follow_last=False)
+        if not os.path.lexists(source.host_path):
+            raise FileNotFound(source.shown, "source path")
+        destination = self._target(dest, follow_last=False)
+        if os.path.lexists(destination.host_path):
+            raise FileExists(f"destination path already exists: {destination.shown}; "
+                             "remove it first (moves never overwrite)")
+        for end in (source, destination):
+            if end.is_mount_point:
+                raise FileBusy(f"{end.shown} is a mount point of the sandbox; it cannot be "
+                               "moved")
+            end.resolved.require_writable()
+        nested = self._nested_mounts(source.sandbox_path)
+        if nested:
+            raise FileBusy(f"{source.shown} contains {nested[0].sandbox_path}, a mount point "
+                           "of the sandbox; it cannot be moved")
+        if source.mount != destination.mount:
+            raise RuntimeFailure(
+                f"cannot move {source.shown} to {destination.shown}: they are on different "
+                f"mounts of the sandbox ({source.mount.sandbox_path} and "
+                f"{destination.mount.sandbox_path}), and rename cannot cross mounts. Copy "
+                "it instead (download and upload, or `cp -r` in a command).",
+                code="CROSS_MOUNT_MOVE", status=400)
+        self._make_dirs(posixpath.dirname(destination.sandbox_path), ChangeOwnership())
+        src_parent, src_name = self._open_parent(source)
+        try:
+            dest_parent, dest_name = self._open_parent(destination)
+            try:
+                _rename_noreplace(src_parent, src_name, dest_parent, dest_name)
+            finally:
+                os.close(dest_parent)
+        except FileExistsError as error:
+            raise FileExists(f"destination path already exists: {destination.shown}") \
+                from error
+        except OSError as error:
+            if error.errno == errno.EEXIST:
+                raise FileExists(f"destination path already exists: {destination.shown}") \
+                    from error
+            if error.errno == errno.EINVAL:
+                raise RuntimeFailure(f"cannot move {source.shown} into itself "
+                                     f"({destination.shown})", code="INVALID_REQUEST_BODY",
+                                     status=400) from error
+            raise _failure(error, "move", source.shown) from error
+        finally:
+            os.close(src_parent)
+
+    async def set_ownership(self, path: str, ownership: ChangeOwnership) -> None:
+        await asyncio.to_thread(self._set_ownership, path, ownership)
+
+    def _set_ownership(self, path: str, ownership: ChangeOwnership) -> None:
+        self._check_mode(ownership.mode)
+        target = self._target(path)
+        self._ids(ownership)
+        fd = self._open_target(target)
+        try:
+            if stat.S_ISLNK(os.fstat(fd).st_mode):
+                raise FileBusy(f"{target.shown} turned into a symlink meanwhile; retry")
+            if not ownership.changes_anything:
+                return
+            target.resolved.require_writable()
+            self._apply(fd, ownership)
+        except OSError as error:
+            raise _failure(error, "change permissions of", target.shown) from error
+        finally:
+            os.close(fd)
+
+    async def replace(self, path: str, old: bytes, new: bytes) -> int:
+        if not old:
+            raise RuntimeFailure("the text to replace (old) must not be empty",
+                                 code="INVALID_REQUEST_BODY", status=400)
+        return await asyncio.to_thread(self._replace, path, old, new)
+
+    def _replace(self, path: str, old: bytes, new: bytes) -> int:
+        target = self._target(path)
+        fd = self._open_target(target)
+        source: int | None = None
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectory(f"cannot replace content in {target.shown}: it is a "
+                                   "directory")
+            if not stat.S_ISREG(st.st_mode):
+                raise RuntimeFailure(f"{target.shown} is not a regular file",
+                                     code="INVALID_FILE", status=400)
+            target.resolved.require_writable()
+            source = self._reopen(fd, os.O_RDONLY)
+        except OSError as error:
+            raise _failure(error, "replace content in", target.shown) from error
+        finally:
+            os.close(fd)
+        writer: _Writer | None = None
+        try:
+            writer = self._open_write(path, ChangeOwnership(mode=stat.S_IMODE(st.st_mode)))
+            count = 0
+            for piece, found in _replaced(_read_all(source), old, new):
+                count += found
+                _write_all(writer.fd, piece)
+            if count:
+                writer.finish()
+            else:
+                writer.discard()
+            return count
+        except OSError as error:
+            raise _failure(error, "replace content in", target.shown) from error
+        finally:
+            if writer is not None:
+                writer.discard()
+            os.close(source)
+
+
+def _read_all(fd: int) -> Iterator[bytes]:
+    while chunk := os.read(fd, CHUNK_SIZE):
+        yield chunk
+
+
+def _replaced(chunks: Iterator[bytes], old: bytes, new: bytes) -> Iterator[tuple[bytes, int]]:
+    """Stream `bytes.replace(old, new)` over chunks: hold back the last len(old)-1 bytes of
+    each chunk, since a match may straddle two. Yields (output, matches in it)."""
+    carry = b""
+    for chunk in chunks:
+        buffer = carry + chunk
+        pieces: list[bytes] = []
+        position = count = 0
+        while (index := buffer.find(old, position)) >= 0:
+            pieces += (buffer[position:index], new)
+            position = index + len(old)
+            count += 1
+        keep = max(position, len(buffer) - len(old) + 1)
+        pieces.append(buffer[position:keep])
+        carry = buffer[keep:]
+        yield b"".join(pieces), count
+    yield carry, 0
+
+
+def _write_pieces(fd: int, pieces: list[bytes]) -> None:
+    """One `writev` for what was gathered (no joining copy); the rest if it was short."""
+    written = os.writev(fd, pieces)
+    for piece in pieces:
+        if written >= len(piece):
+            written -= len(piece)
+            continue
+        _write_all(fd, piece[written:])
+        written = 0
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class _Reader(FileReader):
+    def __init__(self, fd: int, info: FileInfo):
+        self._fd: int | None = fd
+        self.info = info
+
+    async def chunks(self, start: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        remaining = self.info.size - start if length is None else length
+        offset = start
+        while remaining > 0 and self._fd is not None:
+            data = await asyncio.to_thread(os.pread, self._fd, min(CHUNK_SIZE, remaining),
+                                           offset)
+            if not data:
+                return  # the file shrank meanwhile
+            offset += len(data)
+            remaining -= len(data)
+            yield data
+
+    async def close(self) -> None:
+        fd, self._fd = self._fd, None
+        _close(fd)
+
+
+class _Writer(FileWriter):
+    """Writes go to a hidden temporary file beside the target, `CHUNK_SIZE` at a time.
+
+    `seal` closes the descriptors once the data is in (an upload of thousands of files
+    must not hold thousands of them); `commit` then opens the directory again, checked
+    like any other open, and renames the file into place.
+    """
+
+    def __init__(self, fs: FakeFilesystem, path: str, directory: str, parent: int, name: str,
+                 temp: str, fd: int, mode: int, uid: int, gid: int):
+        self.path = path
+        self.fd = fd
+        self._fs = fs
+        self._directory = directory  # the parent's resolved sandbox path
+        self._parent: int | None = parent
+        self._name = name
+        self._temp = temp
+        self._mode = mode
+        self._owner = (uid, gid)
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._done = False
+
+    async def write(self, data: bytes) -> None:
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size >= CHUNK_SIZE:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if self._pending:
+            pieces, self._pending, self._pending_size = self._pending, [], 0
+            try:
+                await asyncio.to_thread(_write_pieces, self.fd, pieces)
+            except OSError as error:
+                await self.abort()
+                raise _failure(error, "write", self.path) from error
+
+    async def seal(self) -> None:
+        await self._flush()
+        try:
+            await asyncio.to_thread(self._seal)
+        except OSError as error:
+            await self.abort()
+            raise _failure(error, "write", self.path) from error
+
+    async def commit(self) -> None:
+        await self._flush()
+        try:
+            await asyncio.to_thread(self.finish)
+        except OSError as error:
+            await self.abort()
+            raise _failure(error, "write", self.path) from error
+
+    async def abort(self) -> None:
+        await asyncio.to_thread(self.discard)
+
+    def _seal(self) -> None:
+        if self.fd >= 0:
+            uid, gid = self._owner
+            if uid != -1 or gid != -1:
+                os.fchown(self.fd, uid, gid)
+            os.fchmod(self.fd, self._mode)
+            os.close(self.fd)
+            self.fd = -1
+        parent, self._parent = self._parent, None
+        _close(parent)
+
+    def _open_directory(self) -> int:
+        return self._fs._open(self._directory, self.path, os.O_DIRECTORY)
+
+    def finish(self) -> None:
+        if self._done:
+            raise RuntimeFailure(f"write of {self.path} was already finished or aborted")
+        self._seal()
+        parent = self._open_directory()
+        try:
+            os.rename(self._temp, self._name, src_dir_fd=parent, dst_dir_fd=parent)
+            self._done = True
+        except IsADirectoryError as error:
+            raise IsADirectory(f"cannot write {self.path}: it is a directory") from error
+        finally:
+            if not self._done:
+                with contextlib.suppress(OSError):
+                    os.unlink(self._temp, dir_fd=parent)
+                self._done = True
+            os.close(parent)
+
+    def discard(self) -> None:
+        if self.fd >= 0:
+            _close(self.fd)
+            self.fd = -1
+        if self._done:
+            _close(self._parent)
+            self._parent = None
+            return
+        self._done = True
+        parent, self._parent = self._parent, None
+        with contextlib.suppress(RuntimeFailure, OSError):
+            if parent is None:
+                parent = self._open_directory()
+            os.unlink(self._temp, dir_fd=parent)
+        _close(parent)

@@ -1,0 +1,241 @@
+"""The filesystem of one sandbox, as its own processes see it.
+
+execd's file routes talk only to `SandboxFilesystem`; each runtime maps it onto what it has
+(the fake runtime onto its bubblewrap mount table, Docker onto the archive API and small
+exec'd helpers). Paths are sandbox paths: `~` is the sandbox's HOME, relative paths start at
+`/`, and `..` and symlinks are followed the way the sandbox would follow them. Nothing here
+knows HTTP: failures are `RuntimeFailure` subclasses whose `code` and `status` the server
+turns into the response.
+"""
+
+from __future__ import annotations
+
+import enum
+import posixpath
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from runtimes.base import PathReadOnly, RuntimeFailure
+
+__all__ = [
+    "ChangeOwnership",
+    "FileBusy",
+    "FileExists",
+    "FileInfo",
+    "FileNotFound",
+    "FileReader",
+    "FileType",
+    "FileWriter",
+    "IsADirectory",
+    "NotADirectory",
+    "PathNotAccessible",
+    "PathReadOnly",
+    "SandboxFilesystem",
+    "UnknownGroup",
+    "UnknownUser",
+]
+
+CHUNK_SIZE = 1024 * 1024  # reads and writes move at most this much at a time
+
+
+# --- what the operations exchange ------------------------------------------------------------
+
+
+class FileType(enum.Enum):
+    FILE = "file"
+    DIRECTORY = "directory"
+    SYMLINK = "symlink"
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """One entry. `mode` holds the permission bits (0o7777); `owner` and `group` are names
+    from the sandbox's own /etc/passwd and /etc/group, or the numeric id when it has none."""
+
+    path: str
+    size: int
+    modified_ns: int
+    changed_ns: int
+    owner: str
+    group: str
+    mode: int
+    type: FileType
+
+
+@dataclass(frozen=True)
+class ChangeOwnership:
+    """Permissions to apply. `None` (and a `mode` of 0, upstream's "no change") leaves that
+    attribute as it is. `owner`/`group` are names inside the sandbox (digits mean an id)."""
+
+    mode: int | None = None
+    owner: str | None = None
+    group: str | None = None
+
+    @property
+    def changes_anything(self) -> bool:
+        return bool(self.mode) or bool(self.owner) or bool(self.group)
+
+
+class FileReader(ABC):
+    """An open regular file: `info` was taken from the open file, so the bytes served
+    belong to the same file the headers describe."""
+
+    info: FileInfo
+
+    @abstractmethod
+    def chunks(self, start: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """`length` bytes (all to the end when None) from offset `start`, in chunks of at
+        most `CHUNK_SIZE`."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+class FileWriter(ABC):
+    """A file being written next to its target. Nothing is visible under the target name
+    until `commit`, which moves the finished file into place in one rename."""
+
+    path: str
+
+    @abstractmethod
+    async def write(self, data: bytes) -> None: ...
+
+    async def seal(self) -> None:  # noqa: B027
+        """Every byte is written: release what writing held (descriptors, connections).
+        The file stays hidden until `commit`; calling it is optional."""
+
+    @abstractmethod
+    async def commit(self) -> None:
+        """Apply mode and ownership, then rename the file into place."""
+
+    @abstractmethod
+    async def abort(self) -> None:
+        """Drop the partial file. Safe to call after `commit` or twice."""
+
+
+# --- failures ------------------------------------------------------------------------------------
+
+
+class FileNotFound(RuntimeFailure):
+    status = 404
+    code = "FILE_NOT_FOUND"
+
+    def __init__(self, path: str, what: str = "file"):
+        super().__init__(f"{what} not found: {path} (no such file or directory in the sandbox)")
+
+
+class IsADirectory(RuntimeFailure):
+    status = 400
+    code = "FILE_IS_DIRECTORY"
+
+
+class NotADirectory(RuntimeFailure):
+    status = 400
+    code = "NOT_A_DIRECTORY"
+
+
+class FileExists(RuntimeFailure):
+    status = 409
+    code = "FILE_ALREADY_EXISTS"
+
+
+class FileBusy(RuntimeFailure):
+    """The path is a mount point, or it changed under us while being resolved."""
+
+    status = 409
+    code = "FILE_BUSY"
+
+
+class PathNotAccessible(RuntimeFailure):
+    status = 403
+    code = "FILE_NOT_ACCESSIBLE"
+
+
+class UnknownUser(RuntimeFailure):
+    status = 400
+    code = "UNKNOWN_USER"
+
+    def __init__(self, name: str):
+        super().__init__(f"user '{name}' does not exist in the sandbox (not in its /etc/passwd); "
+                         "use an existing name such as root or nobody, or a numeric uid.")
+
+
+class UnknownGroup(RuntimeFailure):
+    status = 400
+    code = "UNKNOWN_GROUP"
+
+    def __init__(self, name: str):
+        super().__init__(f"group '{name}' does not exist in the sandbox (not in its /etc/group); "
+                         "use an existing name such as root or nogroup, or a numeric gid.")
+
+
+# --- the interface -------------------------------------------------------------------------------
+
+
+class SandboxFilesystem(ABC):
+    """File operations inside one sandbox. Every method takes sandbox paths; call
+    `absolute` first to expand `~` and make a relative path absolute (the methods do it
+    too, so a raw path is safe, but the caller needs the absolute form for replies)."""
+
+    home: str = "/root"
+
+    def absolute(self, path: str) -> str:
+        """`~` and `~/x` against HOME, relative paths against `/`. `..` is kept: only the
+        sandbox's own resolution may fold it, since `link/..` is not `.` when `link` is a
+        symlink."""
+        if path == "~" or path.startswith("~/"):
+            path = self.home.rstrip("/") + path[1:]
+        return "/" + "/".join(part for part in path.split("/") if part)
+
+    def display(self, path: str) -> str:
+        """The absolute, lexically cleaned form replies show (as upstream's `filepath.Abs`)."""
+        return posixpath.normpath(self.absolute(path)).replace("//", "/")
+
+    @abstractmethod
+    async def stat(self, path: str, *, follow_symlinks: bool = True) -> FileInfo:
+        """Raises `FileNotFound`."""
+
+    @abstractmethod
+    async def search(self, root: str, match: Callable[[str], bool]) -> list[FileInfo]:
+        """Every non-directory entry under `root` (recursively, symlinks listed but not
+        followed) whose base name satisfies `match`, in lexical walk order. A root that
+        is a file is checked itself. Raises `FileNotFound` for a missing root."""
+
+    @abstractmethod
+    async def open_read(self, path: str) -> FileReader:
+        """Open a regular file for streaming. Raises `FileNotFound`, `IsADirectory`."""
+
+    @abstractmethod
+    async def open_write(self, path: str, ownership: ChangeOwnership) -> FileWriter:
+        """Start writing `path` (parents are created, 0755). A new file gets
+        `ownership.mode` or 0755; a replaced one keeps its mode and owner unless told
+        otherwise. Raises `PathReadOnly`, `IsADirectory`, `NotADirectory`, `UnknownUser`…
+        before any byte is accepted."""
+
+    @abstractmethod
+    async def make_dirs(self, path: str, ownership: ChangeOwnership) -> None:
+        """`mkdir -p` (0755), then apply `ownership` to the last directory."""
+
+    @abstractmethod
+    async def remove_file(self, path: str) -> None:
+        """Remove a file or symlink; a missing one is fine, a directory is `IsADirectory`."""
+
+    @abstractmethod
+    async def remove_tree(self, path: str) -> None:
+        """`rm -rf`; a missing path is fine."""
+
+    @abstractmethod
+    async def rename(self, src: str, dest: str) -> None:
+        """Move `src` to `dest`, creating dest's parents. Raises `FileNotFound` for a
+        missing src and `FileExists` for an existing dest (never overwrites)."""
+
+    @abstractmethod
+    async def set_ownership(self, path: str, ownership: ChangeOwnership) -> None:
+        """chmod / chown by names. Raises `FileNotFound`, `UnknownUser`, `UnknownGroup`."""
+
+    @abstractmethod
+    async def replace(self, path: str, old: bytes, new: bytes) -> int:
+        """Replace every occurrence of `old` (non-empty) by `new`, keeping mode and owner;
+        return how many were replaced. The file is rewritten only when that is > 0."""

@@ -1,0 +1,154 @@
+"""The /files and /directories routes: parse, call the sandbox's filesystem, reply.
+
+Behaviour lives in the runtime's `SandboxFilesystem`; upload and download streaming in
+`upload.py` and `download.py`. Multi-path requests are handled in order and stop at the
+first failure, as upstream does.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Query
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from runtimes.filesystem import SandboxFilesystem
+from server.execd.errors import InvalidRequestBody, MissingQuery
+from server.execd.files.common import (
+    FileRoute,
+    empty,
+    file_info_body,
+    ownership,
+    sandbox_files,
+)
+from server.execd.files.download import download
+from server.execd.files.globs import BadPattern, compile_glob
+from server.execd.files.upload import receive_upload
+
+router = APIRouter(tags=["filesystem"], route_class=FileRoute)
+
+Files = Annotated[SandboxFilesystem, Depends(sandbox_files)]
+Paths = Annotated[list[str], Query(alias="path")]
+
+
+def _nonempty(paths: Any) -> None:
+    """An empty path would mean the sandbox's root; refuse it rather than guess."""
+    if any(not path for path in paths):
+        raise InvalidRequestBody("a path is empty; name the file or directory (absolute, "
+                                 "or relative to /; ~ is the sandbox's HOME)")
+
+
+class Permission(BaseModel):
+    """`mode` in octal digits (755); 0 or absent leaves the mode, empty names the owner."""
+
+    mode: int = 0
+    owner: str | None = None
+    group: str | None = None
+
+
+class RenameItem(BaseModel):
+    src: str
+    dest: str
+
+
+class ReplaceItem(BaseModel):
+    old: str = ""
+    new: str = ""
+
+
+@router.get("/files/info")
+async def files_info(fs: Files, paths: Paths = []) -> JSONResponse:  # noqa: B006
+    _nonempty(paths)
+    result: dict[str, Any] = {}
+    for path in paths:
+        result[path] = file_info_body(await fs.stat(path))
+    return JSONResponse(result)
+
+
+@router.delete("/files")
+async def delete_files(fs: Files, paths: Paths = []) -> Response:  # noqa: B006
+    _nonempty(paths)
+    for path in paths:
+        await fs.remove_file(path)
+    return empty()
+
+
+@router.post("/files/permissions")
+async def set_permissions(fs: Files, body: Annotated[dict[str, Permission], Body()]
+                          ) -> Response:
+    _nonempty(body)
+    changes = {path: ownership(p.mode, p.owner, p.group) for path, p in body.items()}
+    for path, change in changes.items():
+        await fs.set_ownership(path, change)
+    return empty()
+
+
+@router.post("/files/mv")
+async def move_files(fs: Files, body: Annotated[list[RenameItem], Body()]) -> Response:
+    for number, item in enumerate(body, 1):
+        if not item.src or not item.dest:
+            raise InvalidRequestBody(f"item {number}: both src and dest must be non-empty "
+                                     "paths")
+    for item in body:
+        await fs.rename(item.src, item.dest)
+    return empty()
+
+
+@router.get("/files/search")
+async def search_files(fs: Files, path: str = "", pattern: str = "") -> JSONResponse:
+    if not path:
+        raise MissingQuery("path")
+    try:
+        match = compile_glob(pattern or "**")
+    except BadPattern as error:
+        raise InvalidRequestBody(f"invalid search pattern: {error}", code="INVALID_PATTERN"
+                                 ) from error
+    return JSONResponse([file_info_body(info) for info in await fs.search(path, match)])
+
+
+@router.post("/files/replace")
+async def replace_content(fs: Files, body: Annotated[dict[str, ReplaceItem], Body()],
+                          verbose: bool = False) -> Response:
+    _nonempty(body)
+    for path, item in body.items():
+        if not item.old:
+            raise InvalidRequestBody(f"{path}: old must be a non-empty string (the text to "
+                                     "replace)")
+    counts: dict[str, dict[str, int]] = {}
+    for path, item in body.items():
+        counts[path] = {"replacedCount": await fs.replace(path, item.old.encode(),
+                                                          item.new.encode())}
+    return JSONResponse(counts) if verbose else empty()
+
+
+@router.post("/files/upload")
+async def upload_files(fs: Files, request: Request) -> Response:
+    await receive_upload(request, fs)
+    return empty()
+
+
+@router.get("/files/download")
+async def download_file(fs: Files, request: Request, path: str = "") -> Response:
+    if not path:
+        raise MissingQuery("path")
+    return await download(fs, path, request)
+
+
+@router.post("/directories")
+async def make_directories(fs: Files, body: Annotated[dict[str, Permission], Body()]
+                           ) -> Response:
+    _nonempty(body)
+    changes = {path: ownership(p.mode, p.owner, p.group) for path, p in body.items()}
+    for path, change in changes.items():
+        await fs.make_dirs(path, change)
+    return empty()
+
+
+@router.delete("/directories")
+async def delete_directories(fs: Files, paths: Paths = []) -> Response:  # noqa: B006
+    _nonempty(paths)
+    for path in paths:
+        await fs.remove_tree(path)
+    return empty()

@@ -1,0 +1,63 @@
+"""`GET /metrics` and `GET /metrics/watch`: the sandbox's CPU and memory, from the runtime.
+
+The runtime measures (the fake runtime: the sandbox's own processes against the host's
+totals; Docker: container stats), without blocking the event loop. `/metrics/watch` writes
+one JSON object and a single `\\n` about every second (upstream's framing: no `data:`), until
+the client leaves; a failed sample is written as `{"error": "…"}` and the stream goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from starlette.responses import JSONResponse, StreamingResponse
+
+from runtimes.base import RuntimeFailure, SandboxMissing
+from server.clock import epoch_ms
+from server.errors import ApiError
+from server.execd.sandbox import ExecdSandbox, current_sandbox
+
+router = APIRouter(tags=["metrics"])
+
+WATCH_INTERVAL_SECONDS = 1.0
+STREAM_HEADERS = {"Cache-Control": "no-cache", "Connection": "keep-alive",
+                  "X-Accel-Buffering": "no"}
+
+
+async def sample(sandbox: ExecdSandbox) -> dict[str, Any]:
+    usage = await sandbox.runtime.usage(sandbox.sandbox_id)
+    return {"cpu_count": usage.cpu_count, "cpu_used_pct": usage.cpu_used_pct,
+            "mem_total_mib": usage.mem_total_mib, "mem_used_mib": usage.mem_used_mib,
+            "timestamp": epoch_ms(sandbox.clock.now())}
+
+
+@router.get("/metrics")
+async def metrics(sandbox: ExecdSandbox = Depends(current_sandbox)) -> JSONResponse:  # noqa: B008
+    try:
+        return JSONResponse(await sample(sandbox))
+    except RuntimeFailure as error:
+        raise ApiError(f"error reading runtime metrics. {error.message}", code=error.code,
+                       status_code=error.status) from error
+
+
+@router.get("/metrics/watch")
+async def watch_metrics(sandbox: ExecdSandbox = Depends(current_sandbox)  # noqa: B008
+                        ) -> StreamingResponse:
+    async def frames() -> AsyncIterator[bytes]:
+        while True:
+            started = asyncio.get_running_loop().time()
+            try:
+                body: dict[str, Any] = await sample(sandbox)
+            except SandboxMissing:
+                return  # the sandbox is gone: end the stream
+            except RuntimeFailure as error:
+                body = {"error": error.message}
+            yield json.dumps(body, separators=(",", ":")).encode() + b"\n"
+            spent = asyncio.get_running_loop().time() - started
+            await asyncio.sleep(max(WATCH_INTERVAL_SECONDS - spent, 0.05))
+
+    return StreamingResponse(frames(), media_type="text/event-stream", headers=STREAM_HEADERS)

@@ -1,0 +1,64 @@
+#!/bin/sh
+# Builds the images the Docker tests use, from local material only (no registry is reachable
+# in CI): `opensandbox-test/busybox:1` from Debian's busybox-static, and
+# `opensandbox-test/debian:bookworm` (bash, python3) from debootstrap and the Debian mirror.
+# Each image is skipped when it already exists, so a second run costs nothing.
+#
+#   sh tests/docker/build-images.sh            # needs root, docker, busybox-static, debootstrap
+#   DEBIAN_MIRROR=http://… sh tests/docker/build-images.sh
+set -eu
+
+BUSYBOX_IMAGE=opensandbox-test/busybox:1
+DEBIAN_IMAGE=opensandbox-test/debian:bookworm
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+
+have_image() { docker image inspect "$1" >/dev/null 2>&1; }
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+if have_image "$BUSYBOX_IMAGE"; then
+  echo "build-images: $BUSYBOX_IMAGE exists"
+else
+  busybox=$(command -v busybox || echo /bin/busybox)
+  [ -x "$busybox" ] || { echo "build-images: busybox is missing (apt-get install busybox-static)" >&2; exit 1; }
+  if ldd "$busybox" >/dev/null 2>&1; then
+    echo "build-images: $busybox is dynamically linked; install busybox-static" >&2; exit 1
+  fi
+  root="$work/busybox"
+  mkdir -p "$root/bin" "$root/etc" "$root/root" "$root/tmp" "$root/proc" "$root/sys" \
+           "$root/dev" "$root/home" "$root/usr/bin" "$root/usr/sbin" "$root/sbin" "$root/var"
+  chmod 1777 "$root/tmp"
+  cp "$busybox" "$root/bin/busybox"
+  for applet in $("$root/bin/busybox" --list); do
+    [ "$applet" = busybox ] || ln -sf busybox "$root/bin/$applet"
+  done
+  cat > "$root/etc/passwd" <<'PASSWD'
+root:x:0:0:root:/root:/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+PASSWD
+  cat > "$root/etc/group" <<'GROUP'
+root:x:0:
+nogroup:x:65534:
+GROUP
+  # The label is the image's own: GET must never show it as the sandbox's metadata.
+  tar -C "$root" -c . | docker import -c 'CMD ["/bin/sh"]' \
+      -c 'LABEL org.opencontainers.image.title=opensandbox-test-busybox' \
+      -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+      - "$BUSYBOX_IMAGE" >/dev/null
+  echo "build-images: built $BUSYBOX_IMAGE"
+fi
+
+if have_image "$DEBIAN_IMAGE"; then
+  echo "build-images: $DEBIAN_IMAGE exists"
+else
+  command -v debootstrap >/dev/null || { echo "build-images: debootstrap is missing (apt-get install debootstrap)" >&2; exit 1; }
+  root="$work/debian"
+  debootstrap --variant=minbase --include=python3,bash bookworm "$root" "$MIRROR" \
+      >"$work/debootstrap.log" 2>&1 || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
+  rm -rf "$root/var/cache/apt/archives/"*.deb "$root/var/lib/apt/lists/"*
+  tar -C "$root" -c . | docker import -c 'CMD ["/bin/bash"]' \
+      -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+      -c 'ENV LANG=C.UTF-8' - "$DEBIAN_IMAGE" >/dev/null
+  echo "build-images: built $DEBIAN_IMAGE"
+fi
