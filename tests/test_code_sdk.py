@@ -135,8 +135,9 @@ async def test_interrupt_then_reuse(interpreter: CodeInterpreter) -> None:
         started.set()
 
     running = asyncio.ensure_future(codes.run(
-        "import time\nprint('working', flush=True)\nwhile True:\n"
-        "    progress.append(1)\n    time.sleep(0.05)",
+        "import time\nwhile True:\n    progress.append(1)\n"
+        "    if len(progress) == 1:\n        print('working', flush=True)\n"
+        "    time.sleep(0.05)",
         context=context, handlers=ExecutionHandlers(on_stdout=on_stdout)))
     await asyncio.wait_for(started.wait(), 30)
 

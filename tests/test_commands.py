@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess, create_body, execd_url
+from tests.conftest import ServerProcess, create_body, execd_url, no_leftover_processes
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 KEY_ORDER = ["type", "text", "execution_count", "execution_time", "timestamp", "results",
@@ -233,7 +233,8 @@ def test_success_ends_with_execution_complete(base: str) -> None:
 
 
 def test_lines_split_on_cr_and_lf_and_partial_line_is_flushed(base: str) -> None:
-    command = r"""printf 'a\r\nb\rc\n\n\nd "q" \\ \t tab\n'; printf 'h\303\251llo\n'; printf 'tail'"""
+    command = (r"""printf 'a\r\nb\rc\n\n\nd "q" \\ \t tab\n'; """
+               r"""printf 'h\303\251llo\n'; printf 'tail'""")
     assert output_of(base, command) == ["a", "b", "c", 'd "q" \\ \t tab', "héllo", "tail"]
 
 
@@ -598,3 +599,18 @@ def test_50_commands_at_once_across_10_sandboxes(server: ServerProcess,
     finally:
         for sandbox in sandboxes:
             http.delete(f"/v1/sandboxes/{sandbox}")
+
+
+def test_stopping_the_server_leaves_no_process_behind(start_server: Any) -> None:
+    own = start_server()
+    base = execd_url(own, new_sandbox(own))
+    start_background(base, "sleep 100 & echo $! > /tmp/child.pid; echo $$ > /tmp/main.pid; "
+                           "sleep 100")
+    pids = [int(p) for p in output_of(
+        base, "while [ ! -s /tmp/main.pid ]; do sleep 0.02; done; cat /tmp/child.pid "
+              "/tmp/main.pid")]
+    assert len(pids) == 2 and all(process_alive(pid) for pid in pids)
+    own.stop()
+    assert own.process.returncode is not None
+    assert all(wait_gone(pid) for pid in pids)
+    assert no_leftover_processes(own.state_dir) == []

@@ -54,6 +54,15 @@ async def poll_logs_until_done(sandbox: Sandbox, command_id: str) -> tuple[str, 
         await asyncio.sleep(0.1)
 
 
+async def wait_finished(sandbox: Sandbox, command_id: str) -> Any:
+    for _ in range(300):
+        status = await sandbox.commands.get_command_status(command_id)
+        if not status.running:
+            return status
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"command {command_id} never finished")
+
+
 def test_python_run_with_handlers_and_exit_codes(server: ServerProcess) -> None:
     async def scenario(sandbox: Sandbox) -> None:
         seen: dict[str, list[Any]] = {"stdout": [], "stderr": [], "init": [], "complete": [],
@@ -159,9 +168,7 @@ def test_python_background_status_and_logs(server: ServerProcess) -> None:
 
         limited = await sandbox.commands.run(
             "sleep 60", opts=RunCommandOpts(background=True, timeout=timedelta(seconds=1)))
-        while (await sandbox.commands.get_command_status(limited.id)).running:
-            await asyncio.sleep(0.1)
-        status = await sandbox.commands.get_command_status(limited.id)
+        status = await wait_finished(sandbox, limited.id)
         assert (status.exit_code, status.error) == (-1, "signal: killed")
 
     in_sandbox(server, scenario)

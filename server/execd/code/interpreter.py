@@ -23,7 +23,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from runtimes.base import ExitStatus, ProcessOutput, Runtime, RuntimeFailure, SpawnRequest
+from runtimes.base import (
+    ExitStatus,
+    ProcessOutput,
+    Runtime,
+    RuntimeFailure,
+    SandboxProcess,
+    SpawnRequest,
+)
 from server.execd.code.drivers import Driver, Failure
 from server.execd.code.errors import InterpreterFailed, LanguageUnavailable
 from server.execd.code.framing import FrameParser
@@ -115,7 +122,7 @@ class Execution:
 
 
 class Interpreter:
-    def __init__(self, driver: Driver, process: Any, token: str, label: str):
+    def __init__(self, driver: Driver, process: SandboxProcess, token: str, label: str):
         self.driver = driver
         self.process = process
         self.label = label

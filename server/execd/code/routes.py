@@ -28,7 +28,7 @@ from runtimes.base import RuntimeFailure
 from server.clock import Clock, epoch_ms
 from server.errors import ApiError
 from server.execd.code.contexts import CodeContext, check_language, contexts_of
-from server.execd.code.drivers import Failure
+from server.execd.code.drivers import LANGUAGES, Failure
 from server.execd.code.errors import ContextNotFound
 from server.execd.code.interpreter import Execution, Finished, Output, Result
 from server.execd.commands.registry import commands_of
@@ -76,8 +76,7 @@ class RunCodeRequest(BaseModel):
 @router.post("/code/context")
 async def create_context(body: CodeContextRequest, sandbox: Sandbox) -> JSONResponse:
     if not body.language:
-        raise InvalidRequestBody("language is required: one of python, bash, javascript, "
-                                 "typescript, java, go.")
+        raise InvalidRequestBody(f"language is required: one of {', '.join(LANGUAGES)}.")
     context = await contexts_of(sandbox).create(body.language, body.cwd)
     reply: dict[str, Any] = context.describe()
     if body.cwd:

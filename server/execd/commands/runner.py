@@ -304,6 +304,10 @@ class Command:
         except asyncio.CancelledError:
             exited.cancel()
             raise
+        except Exception:
+            # Never leave a command "running" forever because the runtime misbehaved.
+            log.exception("command %s: waiting for it failed", self.id)
+            status = ExitStatus(code=-1)
         self._forwarding = False
         self._finish_with(status)
         channel = self._channel

@@ -17,6 +17,7 @@
 # Interrupt: SIGINT to the processes the cell started (found through /proc) and to this
 # shell, whose trap returns out of the cell; a DEBUG trap then unwinds any shell functions
 # the cell was in, so the rest of the cell does not run. The shell and its state survive.
+# Between cells this shell ignores SIGINT.
 
 __osb_token=$1
 __osb_cwd=$2
@@ -81,20 +82,19 @@ __osb_unwind() {
   shopt -u extdebug
   return 0
 }
-trap '__osb_interrupted=1; shopt -s extdebug; trap __osb_unwind DEBUG; return 130 2>/dev/null' INT
+__osb_on_interrupt='__osb_interrupted=1; shopt -s extdebug; trap __osb_unwind DEBUG; return 130 2>/dev/null'
 shopt -s expand_aliases
 
 __osb_send '{"ev":"ready","pid":'"$$"',"impl":"bash","version":"'"${BASH_VERSION}"'"}'
 while :; do
-  if ! IFS= read -r -u "$__osb_requests" __osb_line; then
-    (($? > 128)) && continue  # a late SIGINT, between cells
-    break
-  fi
+  # Between cells SIGINT is ignored: a read it interrupted would lose part of a request.
+  # (A request to interrupt the next cell that comes too early is repeated by the server.)
+  trap '' INT
+  IFS= read -r -u "$__osb_requests" __osb_line || break
   __osb_seq=${__osb_line%% *}
   printf -v __osb_code '%b' "${__osb_line#* }"
-  trap - DEBUG  # what a stray SIGINT between cells left behind
-  shopt -u extdebug
   __osb_interrupted=
+  trap "$__osb_on_interrupt" INT
   source <(printf '%s\n' 'eval "$__osb_code"')
   __osb_rc=$?
   [[ -n $__osb_interrupted ]] && __osb_rc=130

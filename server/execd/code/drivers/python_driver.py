@@ -530,6 +530,7 @@ def main():
     _channel = _Channel(out_fd, err_fd, stdout, stderr)
     sys.stdin = open(os.devnull)
     sys.stdout, sys.stderr = stdout, stderr
+    sys.__stdout__, sys.__stderr__ = stdout, stderr  # so that nothing buffers behind our back
     if hasattr(os, "register_at_fork"):
         def after_fork():
             stdout.reset_after_fork()
@@ -577,4 +578,5 @@ def main():
     stderr.flush()
 
 
-main()
+if __name__ == "__main__":  # `python3 -c <source>`; importing this file does nothing
+    main()

@@ -1,0 +1,250 @@
+"""Benchmark of execd commands (issue 4): round trips, output throughput, memory bound.
+
+    python benchmarks/commands.py [--runs N] [--stream-mb N] [--background-mb N]
+
+Starts its own server (fake runtime, bubblewrap) and one sandbox, then measures in one run:
+- the round trip of `echo hi` (request to the end of the stream) through the Python SDK
+  (`sandbox.commands.run`), through raw HTTP (httpx, keep-alive), and, as the baseline, a
+  bare `subprocess.run(["bash", "-c", "echo hi"])` on this host: median and p99;
+- stdout throughput of a foreground command printing `head -c 200M /dev/zero | base64`
+  through the event stream (raw HTTP, read to the end), against the same command into a
+  pipe on this host;
+- the server's resident memory while a background command prints 1 GB into its bounded
+  log: idle RSS, the highest RSS sampled during the run, and the kernel's high-water mark
+  (VmHWM, reset just before the run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from opensandbox import Sandbox  # noqa: E402
+from opensandbox.config import ConnectionConfig  # noqa: E402
+
+from runtimes.fake.layout import SandboxLayout  # noqa: E402
+from tests.conftest import ServerProcess, execd_url, launch  # noqa: E402
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def summary(samples: list[float]) -> str:
+    return (f"median {statistics.median(samples) * 1000:7.2f} ms   "
+            f"p99 {percentile(samples, 0.99) * 1000:7.2f} ms")
+
+
+def proc_status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+# --- round trips ---------------------------------------------------------------------------
+
+
+def raw_round_trips(base: str, runs: int) -> list[float]:
+    samples = []
+    with httpx.Client(timeout=60) as client:
+        for i in range(runs + 5):
+            start = time.perf_counter()
+            with client.stream("POST", f"{base}/command", json={"command": "echo hi"}) as r:
+                body = r.read()
+            elapsed = time.perf_counter() - start
+            assert b'"text":"hi"' in body and b"execution_complete" in body, body
+            if i >= 5:
+                samples.append(elapsed)
+    return samples
+
+
+async def sdk_round_trips(sandbox: Sandbox, runs: int) -> list[float]:
+    samples = []
+    for i in range(runs + 5):
+        start = time.perf_counter()
+        execution = await sandbox.commands.run("echo hi")
+        elapsed = time.perf_counter() - start
+        assert [m.text for m in execution.logs.stdout] == ["hi"], execution
+        if i >= 5:
+            samples.append(elapsed)
+    return samples
+
+
+def subprocess_round_trips(runs: int, prefix: list[str] | None = None) -> list[float]:
+    argv = [*(prefix or []), "bash", "-c", "echo hi"]
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        done = subprocess.run(argv, capture_output=True, check=True)
+        samples.append(time.perf_counter() - start)
+        assert done.stdout == b"hi\n"
+    return samples
+
+
+def bubblewrap_prefix(workdir: str) -> list[str] | None:
+    """The bwrap command line the fake runtime uses for a sandbox (None without bwrap):
+    what isolation alone costs, with no server in the way."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return None
+    layout = SandboxLayout.build(os.path.join(workdir, "bwrap-root"), [])
+    return [bwrap, *layout.bubblewrap_args(), "--unshare-ipc", "--unshare-uts",
+            "--die-with-parent", "--chdir", "/", "--"]
+
+
+# --- throughput ----------------------------------------------------------------------------
+
+
+def pipe_throughput(command: str) -> tuple[int, float]:
+    """(stdout bytes, seconds) of `command` read from a pipe on this host."""
+    start = time.perf_counter()
+    process = subprocess.Popen(["bash", "-c", command], stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    total = 0
+    while chunk := process.stdout.read(1 << 20):
+        total += len(chunk)
+    process.wait()
+    return total, time.perf_counter() - start
+
+
+def stream_throughput(base: str, command: str) -> tuple[int, float]:
+    """(event-stream bytes, seconds) of `command` run in the foreground, read to the end."""
+    start = time.perf_counter()
+    total = 0
+    tail = b""
+    with httpx.Client(timeout=600) as client, \
+            client.stream("POST", f"{base}/command", json={"command": command}) as response:
+        for chunk in response.iter_raw(1 << 20):
+            total += len(chunk)
+            tail = (tail + chunk)[-512:]
+    elapsed = time.perf_counter() - start
+    assert b"execution_complete" in tail, tail
+    return total, elapsed
+
+
+# --- memory --------------------------------------------------------------------------------
+
+
+def background_memory(server: ServerProcess, base: str, megabytes: int) -> dict[str, float]:
+    pid = server.process.pid
+    idle = proc_status_kb(pid, "VmRSS")
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    command = f"yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c {megabytes}M"
+    start = time.perf_counter()
+    with httpx.Client(timeout=60) as client:
+        body = client.post(f"{base}/command", json={"command": command, "background": True})
+        command_id = body.text.split('"text":"', 1)[1].split('"', 1)[0]
+        highest = idle
+        stop = threading.Event()
+
+        def sample() -> None:
+            nonlocal highest
+            while not stop.is_set():
+                highest = max(highest, proc_status_kb(pid, "VmRSS"))
+                time.sleep(0.02)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        while client.get(f"{base}/command/status/{command_id}").json()["running"]:
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - start
+        stop.set()
+        sampler.join()
+        logs = client.get(f"{base}/command/{command_id}/logs")
+        cursor = int(logs.headers["execd-commands-tail-cursor"])
+    assert cursor == megabytes << 20, cursor
+    return {"idle_mb": idle / 1024, "highest_mb": highest / 1024,
+            "hwm_mb": proc_status_kb(pid, "VmHWM") / 1024, "seconds": elapsed,
+            "kept_mb": len(logs.content) / 1048576}
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=200, help="round trips per series")
+    parser.add_argument("--stream-mb", type=int, default=200,
+                        help="MB of /dev/zero base64-encoded by the throughput command")
+    parser.add_argument("--background-mb", type=int, default=1024,
+                        help="MB printed by the background command")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-commands-") as workdir:
+        server = launch({"server": {"log_level": "WARNING"}}, Path(workdir))
+        try:
+            run(server, args, workdir)
+        finally:
+            server.stop()
+    return 0
+
+
+def run(server: ServerProcess, args: argparse.Namespace, workdir: str) -> None:
+    print(f"opensandbox-emulator commands benchmark (server {server.domain}, "
+          f"{args.runs} round trips per series)\n")
+
+    async def with_sdk() -> tuple[str, list[float]]:
+        sandbox = await Sandbox.create(
+            "python:3.11", connection_config=ConnectionConfig(domain=server.domain),
+            timeout=timedelta(minutes=10))
+        try:
+            return sandbox.id, await sdk_round_trips(sandbox, args.runs)
+        finally:
+            await sandbox.close()
+
+    sandbox_id, sdk = asyncio.run(with_sdk())
+    base = execd_url(server, sandbox_id)
+    raw = raw_round_trips(base, args.runs)
+    bare = subprocess_round_trips(args.runs)
+    prefix = bubblewrap_prefix(workdir)
+    isolated = subprocess_round_trips(args.runs, prefix) if prefix else None
+    print("round trip of `echo hi`")
+    print(f"  Python SDK commands.run         {summary(sdk)}")
+    print(f"  raw HTTP POST /command          {summary(raw)}")
+    print(f"  bare subprocess.run (baseline)  {summary(bare)}")
+    if isolated:
+        print(f"  subprocess.run in bwrap         {summary(isolated)}   "
+              "(isolation alone, no server)")
+    print(f"  overhead: SDK {statistics.median(sdk) / statistics.median(bare):.1f}x, "
+          f"raw HTTP {statistics.median(raw) / statistics.median(bare):.1f}x the bare "
+          "subprocess\n")
+
+    command = f"head -c {args.stream_mb}M /dev/zero | base64"
+    stdout_bytes, pipe_seconds = pipe_throughput(command)
+    wire_bytes, stream_seconds = stream_throughput(base, command)
+    print(f"stdout throughput of `{command}` ({stdout_bytes / 1e6:.0f} MB of stdout)")
+    print(f"  event stream (raw HTTP)         {stdout_bytes / 1e6 / stream_seconds:8.1f} MB/s "
+          f"of stdout ({wire_bytes / 1e6:.0f} MB of events in {stream_seconds:.2f} s)")
+    print(f"  pipe on this host (baseline)    {stdout_bytes / 1e6 / pipe_seconds:8.1f} MB/s "
+          f"({pipe_seconds:.2f} s)\n")
+
+    memory = background_memory(server, base, args.background_mb)
+    print(f"server memory while a background command prints {args.background_mb} MB "
+          f"(log buffer keeps {memory['kept_mb']:.1f} MB)")
+    print(f"  idle RSS before                 {memory['idle_mb']:8.1f} MB")
+    print(f"  highest RSS sampled during      {memory['highest_mb']:8.1f} MB")
+    print(f"  peak RSS (VmHWM) during         {memory['hwm_mb']:8.1f} MB")
+    print(f"  the command took                {memory['seconds']:8.2f} s "
+          f"({args.background_mb / memory['seconds']:.0f} MB/s into the log)")
+    httpx.delete(f"{server.url}/v1/sandboxes/{sandbox_id}", timeout=30)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
