@@ -29,6 +29,17 @@ HEX32 = re.compile(r"^[0-9a-f]{32}$")
 KEY_ORDER = ["type", "text", "execution_count", "execution_time", "timestamp", "results",
              "error"]
 PYENV_SITE = Path("/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def typescript_modules() -> Path | None:
+    """A node_modules directory holding the `typescript` package, if this host has one."""
+    for candidate in (os.environ.get("OPENSANDBOX_TEST_TYPESCRIPT_MODULES"),
+                      ROOT / "tests" / "js" / "node_modules", "/usr/lib/node_modules",
+                      "/usr/local/lib/node_modules"):
+        if candidate and (Path(candidate) / "typescript" / "package.json").is_file():
+            return Path(candidate)
+    return None
 
 
 # --- fixtures --------------------------------------------------------------------------
@@ -501,8 +512,8 @@ def test_missing_toolchain_is_400_at_once(code_server: ServerProcess, code_image
                               entrypoint=["/usr/bin/tail", "-f", "/dev/null"])
     base = execd_url(code_server, sandbox_id)
     try:
-        for language, tool in (("python", "python3"), ("bash", "bash"),
-                               ("javascript", "node"), ("go", "go"), ("java", "jshell")):
+        for language, tool in (("python", "python3"), ("bash", "bash"), ("javascript", "node"),
+                               ("typescript", "node"), ("go", "go"), ("java", "jshell")):
             response = httpx.post(f"{base}/code/context", json={"language": language},
                                   timeout=30)
             assert f"`{tool}`" in expect_error(response, 400, "LANGUAGE_UNAVAILABLE")
@@ -570,6 +581,43 @@ def test_javascript_context(base: str) -> None:
                         ).status_code == 200
     assert error_of(background.join())["ename"] == "KeyboardInterrupt"  # type: ignore[index]
     assert results(run(base, "n", context_id, "javascript")) == [{"text": "40"}]
+
+
+def test_typescript_needs_the_typescript_package(code_server: ServerProcess,
+                                                 code_image: str) -> None:
+    sandbox_id = make_sandbox(code_server, code_image, env={"NODE_PATH": "/opensandbox-none"})
+    base = execd_url(code_server, sandbox_id)
+    try:
+        response = httpx.post(f"{base}/code/context", json={"language": "typescript"},
+                              timeout=60)
+        if typescript_modules() is not None and response.status_code == 200:
+            pytest.skip("this sandbox sees a global typescript package")
+        message = expect_error(response, 400, "LANGUAGE_UNAVAILABLE")
+        assert "typescript" in message and "npm" in message
+    finally:
+        httpx.delete(f"{code_server.url}/v1/sandboxes/{sandbox_id}", timeout=60)
+
+
+def test_typescript_context(code_server: ServerProcess, code_image: str) -> None:
+    modules = typescript_modules()
+    if modules is None:
+        pytest.skip("no typescript npm package on this host to lend the sandbox "
+                    "(set OPENSANDBOX_TEST_TYPESCRIPT_MODULES to a node_modules directory)")
+    volume = {"name": "ts", "host": {"path": str(modules)}, "mountPath": "/opt/node_modules",
+              "readOnly": True}
+    sandbox_id = make_sandbox(code_server, code_image, volumes=[volume],
+                              env={"NODE_PATH": "/opt/node_modules"})
+    base = execd_url(code_server, sandbox_id)
+    try:
+        context_id = create(base, "typescript")
+        events = run(base, "interface Point { x: number }\nconst p: Point = { x: 40 };\n"
+                           "console.log('typed');\np.x + 2", context_id, "typescript")
+        assert stdout(events) == "typed\n" and results(events) == [{"text": "42"}]
+        assert results(run(base, "p.x", context_id, "typescript")) == [{"text": "40"}]
+        error = error_of(run(base, "const broken: number = ;", context_id, "typescript"))
+        assert error is not None and error["ename"] == "SyntaxError"
+    finally:
+        httpx.delete(f"{code_server.url}/v1/sandboxes/{sandbox_id}", timeout=60)
 
 
 # --- lifecycle -----------------------------------------------------------------------------

@@ -140,9 +140,7 @@ class HttpForwarder:
                              f"{error or type(error).__name__}. Is a server listening on that "
                              "port inside the sandbox?") from error
         try:
-            log.warning("DEBUG start %s", url)
             await _race(self._relay(response, send), _client_left(body_read, receive))
-            log.warning("DEBUG end %s", url)
         finally:
             await response.aclose()
 
@@ -172,11 +170,8 @@ async def _client_left(body_read: asyncio.Event, receive: Receive) -> None:
     """Return once the client disconnects. The ASGI server drops what is sent to a gone
     client without an error, so without this an endless stream would be read forever."""
     await body_read.wait()
-    while True:
-        m = await receive()
-        log.warning("DEBUG client_left got %s", m)
-        if m["type"] == "http.disconnect":
-            break
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _race(work: Awaitable[None], stop: Awaitable[None]) -> None:

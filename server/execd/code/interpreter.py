@@ -165,6 +165,9 @@ class Interpreter:
             raise InterpreterFailed(
                 f"the {driver.language} interpreter ({driver.tool}) did not start within "
                 f"{start_timeout:g} s{interpreter._stderr_note()}") from None
+        except BaseException:  # cancelled: leave nothing running behind
+            await asyncio.shield(interpreter.close())
+            raise
         if not interpreter.alive:
             await interpreter.close()
             raise interpreter._start_failure(cwd)
@@ -174,6 +177,10 @@ class Interpreter:
         driver = self.driver
         fatal = self._fatal or {}
         message = str(fatal.get("message", ""))
+        if fatal.get("missing"):
+            return LanguageUnavailable(
+                f"{driver.language} contexts need `{fatal['missing']}` in the sandbox: "
+                f"{message}; {driver.hint}.")
         if fatal.get("cwd"):
             return InvalidRequestBody(f"cwd {cwd!r} cannot be used as the context's working "
                                       f"directory: {message}")

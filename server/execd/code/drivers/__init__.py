@@ -88,7 +88,7 @@ class BashDriver(Driver):
 
 class NodeDriver(Driver):
     def argv(self, token: str, cwd: str) -> list[str]:
-        return [self.tool, "-e", source("node_driver.js"), token, cwd]
+        return [self.tool, "-e", source("node_driver.js"), token, cwd, self.language]
 
 
 INTERRUPTED = Failure("KeyboardInterrupt", "", ("KeyboardInterrupt",))
@@ -97,10 +97,12 @@ DRIVERS: dict[str, Driver] = {
     "python": PythonDriver("python", "python3", "use an image with Python 3 installed"),
     "bash": BashDriver("bash", "bash", "use an image with bash installed"),
     "javascript": NodeDriver("javascript", "node", "use an image with Node.js installed"),
+    "typescript": NodeDriver("typescript", "node", "use an image with Node.js and the "
+                             "typescript npm package (npm install -g typescript)"),
 }
 
 # Languages the API names but this emulator has no driver for: the tool they would need.
-UNSUPPORTED: dict[str, str] = {"typescript": "ts-node", "java": "jshell", "go": "go"}
+UNSUPPORTED: dict[str, str] = {"java": "jshell", "go": "go"}
 
 LANGUAGES = (*DRIVERS, *UNSUPPORTED)
 

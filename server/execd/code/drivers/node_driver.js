@@ -1,6 +1,10 @@
-// The interpreter behind a javascript code context. It runs *inside the sandbox* as
-//   node -e <this source> <token> <cwd>
-// and needs nothing but node >= 12.
+// The interpreter behind a javascript (or typescript) code context. It runs *inside the
+// sandbox* as
+//   node -e <this source> <token> <cwd> [typescript]
+// and needs nothing but node >= 12; typescript contexts also need the `typescript` npm
+// package (found next to the working directory, on NODE_PATH or in node's global modules):
+// each cell is transpiled with its `transpileModule` (no type checking, as ts-node's
+// transpile-only mode) and then run like javascript.
 //
 // Requests arrive on stdin, one JSON object per line: {"op":"run","seq":N,"code":"..."} and
 // {"op":"interrupt","seq":N} (the server repeats it until cell N ends). A worker thread owns stdin, so an interrupt is seen while a cell runs
@@ -16,6 +20,7 @@
 'use strict';
 
 const fs = require('fs');
+const path = require('path');
 const util = require('util');
 const vm = require('vm');
 const { Readable } = require('stream');
@@ -23,6 +28,8 @@ const { Worker } = require('worker_threads');
 
 const TOKEN = process.argv[1] || '0';
 const CWD = process.argv[2] || '';
+const TYPESCRIPT = process.argv[3] === 'typescript';
+let ts = null;
 const MARK = '\x1e' + TOKEN + '|';
 
 function writeAll(fd, text) {
@@ -106,12 +113,50 @@ let count = 0;
 let running = null;
 const queue = [];
 
+function loadTypeScript() {
+  const globalModules = path.join(path.dirname(process.execPath), '..', 'lib', 'node_modules');
+  const paths = [process.cwd(), ...(process.env.NODE_PATH || '').split(path.delimiter),
+    globalModules, '/usr/local/lib/node_modules', '/usr/lib/node_modules'].filter(Boolean);
+  try {
+    return require(require.resolve('typescript', { paths }));
+  } catch (error) {
+    return null;
+  }
+}
+
+// The javascript of a typescript cell, or a SyntaxError-like object for what does not parse.
+function transpile(code, number) {
+  const output = ts.transpileModule(code, {
+    fileName: 'cell-' + number + '.ts',
+    reportDiagnostics: true,
+    compilerOptions: { target: ts.ScriptTarget.ES2020, module: ts.ModuleKind.CommonJS,
+      esModuleInterop: true, sourceMap: false },
+  });
+  const problems = (output.diagnostics || []).filter(
+    (d) => d.category === ts.DiagnosticCategory.Error);
+  if (problems.length > 0) {
+    const lines = problems.map((d) => {
+      const text = ts.flattenDiagnosticMessageText(d.messageText, '\n');
+      if (d.file && d.start !== undefined) {
+        const at = d.file.getLineAndCharacterOfPosition(d.start);
+        return 'cell-' + number + '.ts(' + (at.line + 1) + ',' + (at.character + 1) + '): ' + text;
+      }
+      return text;
+    });
+    const error = new SyntaxError(lines.join('; '));
+    error.stack = lines.join('\n');
+    throw error;
+  }
+  return output.outputText;
+}
+
 async function runCell(request) {
   count += 1;
   const number = count;
   let value;
   try {
-    value = vm.runInThisContext(request.code, { filename: 'cell-' + number, breakOnSigint: true });
+    const code = ts !== null ? transpile(request.code, number) : request.code;
+    value = vm.runInThisContext(code, { filename: 'cell-' + number, breakOnSigint: true });
     if (value !== null && (typeof value === 'object' || typeof value === 'function') &&
         typeof value.then === 'function') {
       const promise = value;
@@ -160,6 +205,16 @@ function main() {
     send({ ev: 'fatal', cwd: true, message: String(error && error.message) });
     process.exit(1);
   }
+  if (TYPESCRIPT) {
+    ts = loadTypeScript();
+    if (ts === null) {
+      send({ ev: 'fatal', missing: 'typescript',
+        message: 'the typescript npm package is not installed' });
+      process.exit(1);
+    }
+    globalThis.exports = {};
+    globalThis.module = { exports: globalThis.exports };
+  }
   const empty = new Readable({ read() { this.push(null); } });
   Object.defineProperty(process, 'stdin', { configurable: true, get: () => empty });
   process.on('SIGINT', () => {});
@@ -185,7 +240,8 @@ function main() {
       process.exit(0);
     }
   });
-  send({ ev: 'ready', pid: process.pid, impl: 'node', version: process.versions.node });
+  send({ ev: 'ready', pid: process.pid, impl: ts !== null ? 'typescript ' + ts.version : 'node',
+    version: process.versions.node });
 }
 
 main();
