@@ -90,6 +90,7 @@ class DockerRuntime(Runtime):
         self.engine = engine or Engine()
         self.expiry = ExpiryStore(settings.state_dir or default_state_dir(), settings.instance)
         self._sandboxes: set[str] = set()
+        self._homes: dict[str, str] = {}  # HOME of the container's root, for `~` in files
         self._processes: dict[str, set[ExecProcess]] = {}
         self._cpu_samples: dict[str, CpuSample] = {}
         self._host_cpus = float(os.cpu_count() or 1)
@@ -130,6 +131,7 @@ class DockerRuntime(Runtime):
                 spec = _with_expiry(spec, when)
             specs.append(spec)
             self._sandboxes.add(sandbox_id)
+            self._homes[sandbox_id] = spec.env.get("HOME", "/root")
         await self.expiry.forget(keep_only=set(self._sandboxes))
         if specs:
             log.info("adopted %d sandbox container(s) of instance %r", len(specs),
@@ -240,6 +242,9 @@ class DockerRuntime(Runtime):
         except APIError as error:
             raise self._create_failure(spec, error) from error
         self._sandboxes.add(spec.sandbox_id)
+        env = (container.attrs.get("Config") or {}).get("Env") or []
+        homes = [item[5:] for item in env if item.startswith("HOME=")]
+        self._homes[spec.sandbox_id] = homes[-1] if homes else "/root"
         try:
             await self.engine.call(container.start)
         except APIError as error:
@@ -333,6 +338,7 @@ class DockerRuntime(Runtime):
 
     def _forget(self, sandbox_id: str) -> None:
         self._sandboxes.discard(sandbox_id)
+        self._homes.pop(sandbox_id, None)
         self._cpu_samples.pop(sandbox_id, None)
 
     async def set_expiry(self, sandbox_id: str, expires_at: datetime | None) -> None:
@@ -524,7 +530,7 @@ class DockerRuntime(Runtime):
             raise SandboxMissing(sandbox_id)
         from runtimes.docker.filesystem import DockerFilesystem
 
-        return DockerFilesystem(self, sandbox_id)
+        return DockerFilesystem(self, sandbox_id, self._homes.get(sandbox_id, "/root"))
 
 
 def _with_expiry(spec: SandboxSpec, when: datetime | None) -> SandboxSpec:
