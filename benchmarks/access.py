@@ -17,38 +17,22 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
+from common import measure, memory_mib, percentile, start_server
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.conftest import ServerProcess, create_body, launch  # noqa: E402
-from tests.helpers import free_port, host_volume, wait_until_served  # noqa: E402
+from tests.conftest import ServerProcess, create_body
+from tests.helpers import free_port, host_volume, wait_until_served
 
 EXECD = 44772
 
 
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
 def latency(client: httpx.Client, url: str, count: int) -> list[float]:
     """Seconds per request over one keep-alive connection, after a short warm-up."""
-    for _ in range(min(50, count)):
-        client.get(url).raise_for_status()
-    samples = []
-    for _ in range(count):
-        start = time.perf_counter()
-        response = client.get(url)
-        samples.append(time.perf_counter() - start)
-        response.raise_for_status()
-    return samples
+    return measure(lambda: client.get(url).raise_for_status(), count, warmup=min(50, count))
 
 
 def download_rate(client: httpx.Client, url: str, size: int) -> float:
@@ -73,13 +57,6 @@ def write_file(path: Path, size: int) -> None:
         handle.write(block[: size % (1 << 20)])
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def row(name: str, values: list[str]) -> str:
     return f"  {name:<34}" + "".join(f"{v:>14}" for v in values)
 
@@ -97,7 +74,7 @@ def main() -> int:
         data.mkdir()
         write_file(data / "big.bin", size)
         (data / "small.txt").write_bytes(b"hello\n" * 20)
-        server = launch({"server": {"log_level": "WARNING"}}, Path(work))
+        server = start_server(Path(work))
         try:
             return run(server, data, size, args)
         finally:
@@ -159,7 +136,7 @@ def run(server: ServerProcess, data: Path, size: int, args: argparse.Namespace) 
             print(row(name, [f"{max(rates[name]):.0f}", f"{median:.0f}",
                              f"{median / base_rate:.2f}"]))
         print(f"\nserver peak RSS after {2 * args.rounds} proxied downloads of "
-              f"{size >> 20} MB: {peak_rss_mb(server.process.pid):.0f} MB "
+              f"{size >> 20} MB: {memory_mib(server.process.pid, 'VmHWM'):.0f} MB "
               "(bodies stream; they are never held whole)")
         api.delete(f"/v1/sandboxes/{sandbox_id}")
     return 0

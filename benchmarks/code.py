@@ -17,47 +17,23 @@ Prints median and p90 of each.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+from common import measure, start_server, summary
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.conftest import create_body, execd_url, launch  # noqa: E402
+from tests.conftest import create_body, execd_url
 
 PYENV_SITE = Path("/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages")
 
 
-def measure(action: Callable[[], object], count: int, warmup: int = 3) -> list[float]:
-    for _ in range(warmup):
-        action()
-    samples = []
-    for _ in range(count):
-        start = time.perf_counter()
-        action()
-        samples.append(time.perf_counter() - start)
-    return samples
-
-
 def report(name: str, samples: list[float]) -> float:
-    ordered = sorted(samples)
-    median = statistics.median(ordered)
-    p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
-    print(f"  {name:<52} median {_ms(median)}   p90 {_ms(p90)}   (n={len(samples)})")
-    return median
-
-
-def _ms(seconds: float) -> str:
-    if seconds < 1e-4:
-        return f"{seconds * 1e6:8.2f} us"
-    return f"{seconds * 1000:8.2f} ms"
+    print(f"  {name:<52} {summary(samples, 0.9)}   (n={len(samples)})")
+    return statistics.median(samples)
 
 
 def stream(client: httpx.Client, path: str, body: dict[str, object]) -> bytes:
@@ -86,7 +62,7 @@ def main() -> None:
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-code-"))
-    server = launch({"server": {"log_level": "WARNING"}}, workdir)
+    server = start_server(workdir)
     try:
         with httpx.Client(base_url=server.url, timeout=60) as api:
             volume = {"name": "ipython", "host": {"path": str(PYENV_SITE)},
@@ -104,20 +80,20 @@ def main() -> None:
             bash_id = create_context(client, "bash")
             cell = report("1+1 in a warm python context (POST /code)", measure(
                 lambda: stream(client, "/code", {"code": "1+1", "context": {
-                    "id": python_id, "language": "python"}}), args.cells))
+                    "id": python_id, "language": "python"}}), args.cells, warmup=3))
             report("echo 2 in a warm bash context (POST /code)", measure(
                 lambda: stream(client, "/code", {"code": "echo 2", "context": {
-                    "id": bash_id, "language": "bash"}}), args.cells))
+                    "id": bash_id, "language": "bash"}}), args.cells, warmup=3))
             command = report('python3 -c "print(1+1)" via POST /command', measure(
                 lambda: stream(client, "/command", {"command": 'python3 -c "print(1+1)"'}),
-                max(args.cells // 5, 10)))
+                max(args.cells // 5, 10), warmup=3))
             bare = report('bare python3 -c "print(1+1)" subprocess (host)', measure(
                 lambda: subprocess.run(["/usr/bin/python3", "-c", "print(1+1)"], check=True,
-                                       capture_output=True), max(args.cells // 5, 10)))
+                                       capture_output=True), max(args.cells // 5, 10), warmup=3))
             namespace: dict[str, object] = {}
             compiled = compile("1+1", "<bench>", "eval")
             floor = report("warm in-process exec of 1+1", measure(
-                lambda: eval(compiled, namespace), args.cells * 10))
+                lambda: eval(compiled, namespace), args.cells * 10, warmup=3))
             print(f"  -> a warm context cell costs {cell / bare:.2f}x a bare subprocess, "
                   f"{cell / command:.2f}x the same work through /command, "
                   f"{cell / floor:,.0f}x an in-process eval")
@@ -139,9 +115,10 @@ def main() -> None:
                     ipy_id = create_context(ipy_client, "python")
                     report("1+1 in a warm IPython-backed context", measure(
                         lambda: stream(ipy_client, "/code", {"code": "1+1", "context": {
-                            "id": ipy_id, "language": "python"}}), args.cells))
+                            "id": ipy_id, "language": "python"}}), args.cells, warmup=3))
     finally:
         server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

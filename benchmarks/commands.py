@@ -24,55 +24,29 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import httpx
+from common import RssSampler, measure, memory_mib, start_server, summary
+from opensandbox import Sandbox
+from opensandbox.config import ConnectionConfig
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from opensandbox import Sandbox  # noqa: E402
-from opensandbox.config import ConnectionConfig  # noqa: E402
-
-from runtimes.fake.layout import SandboxLayout  # noqa: E402
-from tests.conftest import ServerProcess, execd_url, launch  # noqa: E402
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-def summary(samples: list[float]) -> str:
-    return (f"median {statistics.median(samples) * 1000:7.2f} ms   "
-            f"p99 {percentile(samples, 0.99) * 1000:7.2f} ms")
-
-
-def proc_status_kb(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
-
+from runtimes.fake.layout import SandboxLayout
+from tests.conftest import ServerProcess, execd_url
 
 # --- round trips ---------------------------------------------------------------------------
 
 
 def raw_round_trips(base: str, runs: int) -> list[float]:
-    samples = []
     with httpx.Client(timeout=60) as client:
-        for i in range(runs + 5):
-            start = time.perf_counter()
+        def once() -> None:
             with client.stream("POST", f"{base}/command", json={"command": "echo hi"}) as r:
                 body = r.read()
-            elapsed = time.perf_counter() - start
             assert b'"text":"hi"' in body and b"execution_complete" in body, body
-            if i >= 5:
-                samples.append(elapsed)
-    return samples
+
+        return measure(once, runs, warmup=5)
 
 
 async def sdk_round_trips(sandbox: Sandbox, runs: int) -> list[float]:
@@ -89,13 +63,12 @@ async def sdk_round_trips(sandbox: Sandbox, runs: int) -> list[float]:
 
 def subprocess_round_trips(runs: int, prefix: list[str] | None = None) -> list[float]:
     argv = [*(prefix or []), "bash", "-c", "echo hi"]
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
+
+    def once() -> None:
         done = subprocess.run(argv, capture_output=True, check=True)
-        samples.append(time.perf_counter() - start)
         assert done.stdout == b"hi\n"
-    return samples
+
+    return measure(once, runs)
 
 
 def bubblewrap_prefix(workdir: str) -> list[str] | None:
@@ -144,34 +117,22 @@ def stream_throughput(base: str, command: str) -> tuple[int, float]:
 
 def background_memory(server: ServerProcess, base: str, megabytes: int) -> dict[str, float]:
     pid = server.process.pid
-    idle = proc_status_kb(pid, "VmRSS")
+    idle = memory_mib(pid, "VmRSS")
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     command = f"yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c {megabytes}M"
     start = time.perf_counter()
     with httpx.Client(timeout=60) as client:
         body = client.post(f"{base}/command", json={"command": command, "background": True})
         command_id = body.text.split('"text":"', 1)[1].split('"', 1)[0]
-        highest = idle
-        stop = threading.Event()
-
-        def sample() -> None:
-            nonlocal highest
-            while not stop.is_set():
-                highest = max(highest, proc_status_kb(pid, "VmRSS"))
-                time.sleep(0.02)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        while client.get(f"{base}/command/status/{command_id}").json()["running"]:
-            time.sleep(0.05)
-        elapsed = time.perf_counter() - start
-        stop.set()
-        sampler.join()
+        with RssSampler(pid, interval=0.02) as sampler:
+            while client.get(f"{base}/command/status/{command_id}").json()["running"]:
+                time.sleep(0.05)
+            elapsed = time.perf_counter() - start
         logs = client.get(f"{base}/command/{command_id}/logs")
         cursor = int(logs.headers["execd-commands-tail-cursor"])
     assert cursor == megabytes << 20, cursor
-    return {"idle_mb": idle / 1024, "highest_mb": highest / 1024,
-            "hwm_mb": proc_status_kb(pid, "VmHWM") / 1024, "seconds": elapsed,
+    return {"idle_mb": idle, "highest_mb": max(idle, sampler.peak),
+            "hwm_mb": memory_mib(pid, "VmHWM"), "seconds": elapsed,
             "kept_mb": len(logs.content) / 1048576}
 
 
@@ -188,7 +149,7 @@ def main() -> int:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-commands-") as workdir:
-        server = launch({"server": {"log_level": "WARNING"}}, Path(workdir))
+        server = start_server(Path(workdir))
         try:
             run(server, args, workdir)
         finally:
@@ -216,11 +177,11 @@ def run(server: ServerProcess, args: argparse.Namespace, workdir: str) -> None:
     prefix = bubblewrap_prefix(workdir)
     isolated = subprocess_round_trips(args.runs, prefix) if prefix else None
     print("round trip of `echo hi`")
-    print(f"  Python SDK commands.run         {summary(sdk)}")
-    print(f"  raw HTTP POST /command          {summary(raw)}")
-    print(f"  bare subprocess.run (baseline)  {summary(bare)}")
+    print(f"  Python SDK commands.run         {summary(sdk, width=7)}")
+    print(f"  raw HTTP POST /command          {summary(raw, width=7)}")
+    print(f"  bare subprocess.run (baseline)  {summary(bare, width=7)}")
     if isolated:
-        print(f"  subprocess.run in bwrap         {summary(isolated)}   "
+        print(f"  subprocess.run in bwrap         {summary(isolated, width=7)}   "
               "(isolation alone, no server)")
     print(f"  overhead: SDK {statistics.median(sdk) / statistics.median(bare):.1f}x, "
           f"raw HTTP {statistics.median(raw) / statistics.median(bare):.1f}x the bare "

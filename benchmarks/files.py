@@ -16,77 +16,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import shutil
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(r"lifecycle API on http://(\S+):(\d+) ")
+from common import RssSampler, memory_mib, start_server
+
 BLOCK = 1024 * 1024
-
-
-def start_server(workdir: Path) -> tuple[subprocess.Popen[str], str]:
-    config = workdir / "config.toml"
-    config.write_text(
-        '[server]\nhost = "127.0.0.1"\nport = 0\nlog_level = "WARNING"\n'
-        "[gateway]\nport = 0\n"
-        f'[fake]\nstate_dir = "{workdir / "state"}"\n')
-    process = subprocess.Popen([sys.executable, "-m", "server", "--config", str(config)],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
-    assert process.stdout is not None
-    lines = []
-    for line in process.stdout:
-        lines.append(line)
-        match = READY.search(line)
-        if match:
-            threading.Thread(target=drain, args=(process.stdout,), daemon=True).start()
-            return process, f"{match.group(1)}:{match.group(2)}"
-    raise SystemExit("the server did not start:\n" + "".join(lines))
-
-
-def drain(stream: Iterable[str]) -> None:
-    """Keep reading the server's output so that it never blocks on a full pipe."""
-    for _ in stream:
-        pass
-
-
-def memory_mib(pid: int, field: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-class RssSampler:
-    """The highest VmRSS of `pid` seen while the block runs (sampled every 10 ms)."""
-
-    def __init__(self, pid: int):
-        self.pid = pid
-        self.peak = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, memory_mib(self.pid, "VmRSS"))
-            time.sleep(0.01)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, memory_mib(self.pid, "VmRSS"))
 
 
 def make_data(path: Path, megabytes: int) -> None:
@@ -139,7 +77,7 @@ def main() -> None:
     parser.add_argument("--megabytes", type=int, default=500)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-files-"))
-    process, domain = start_server(workdir)
+    server = start_server(workdir)
     try:
         source, copy, downloaded = (workdir / "source.bin", workdir / "copy.bin",
                                     workdir / "downloaded.bin")
@@ -149,8 +87,8 @@ def main() -> None:
         shutil.copyfile(source, copy)
         baseline = time.perf_counter() - started
         copy.unlink()
-        idle = memory_mib(process.pid, "VmRSS")
-        results = asyncio.run(transfers(domain, source, downloaded, process.pid))
+        idle = memory_mib(server.process.pid, "VmRSS")
+        results = asyncio.run(transfers(server.domain, source, downloaded, server.process.pid))
         assert same_file(source, downloaded), "the downloaded file differs from the source"
         megabytes = size / 1e6
         print(f"{args.megabytes} MiB ({megabytes:.0f} MB), server idle RSS {idle:.0f} MiB\n")
@@ -161,10 +99,9 @@ def main() -> None:
             print(f"{name:<26}{megabytes / seconds:>10.0f}{seconds:>10.2f}"
                   f"{peak:>14.0f} MiB")
         print(f"\nserver VmHWM (peak RSS since start): "
-              f"{memory_mib(process.pid, 'VmHWM'):.0f} MiB")
+              f"{memory_mib(server.process.pid, 'VmHWM'):.0f} MiB")
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        server.stop(timeout=30)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

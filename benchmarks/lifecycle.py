@@ -11,64 +11,21 @@ lifecycle itself costs. Every sandbox runs `sleep infinity`, which costs nothing
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+from common import measure, start_server, summary
 
-ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(r"lifecycle API on http://(\S+):(\d+) ")
 BODY = {"image": {"uri": "python:3.11"}, "timeout": 3600, "resourceLimits": {},
         "entrypoint": ["sleep", "infinity"], "metadata": {"bench": "lifecycle"}}
 
 
-def start_server(workdir: Path) -> tuple[subprocess.Popen[str], str]:
-    config = workdir / "config.toml"
-    config.write_text(
-        '[server]\nhost = "127.0.0.1"\nport = 0\nlog_level = "WARNING"\n'
-        "[gateway]\nport = 0\n"
-        f'[fake]\nstate_dir = "{workdir / "state"}"\n')
-    process = subprocess.Popen([sys.executable, "-m", "server", "--config", str(config)],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
-    assert process.stdout is not None
-    lines = []
-    for line in process.stdout:
-        lines.append(line)
-        match = READY.search(line)
-        if match:
-            # Keep draining so the server never blocks on a full pipe.
-            threading.Thread(target=lambda: [None for _ in process.stdout],  # type: ignore
-                             daemon=True).start()
-            return process, f"http://{match.group(1)}:{match.group(2)}"
-    raise SystemExit("the server did not start:\n" + "".join(lines))
-
-
-def timed(samples: int, call: Callable[[], object]) -> list[float]:
-    """Wall time of each of `samples` calls, in milliseconds."""
-    times = []
-    for _ in range(samples):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1000)
-    return times
-
-
-def p99(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-
-
 def report(name: str, values: list[float], baseline: list[float] | None = None) -> None:
-    line = f"{name:<44} median {statistics.median(values):8.2f} ms   p99 {p99(values):8.2f} ms"
+    line = f"{name:<44} {summary(values)}"
     if baseline is not None:
         ratio = statistics.median(values) / statistics.median(baseline)
         line += f"   ({ratio:5.1f}x baseline median)"
@@ -98,20 +55,21 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-lifecycle-"))
     started = time.monotonic()
-    process, url = start_server(workdir)
+    server = start_server(workdir)
+    url = server.url
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
             for _ in range(20):  # warm up connections and code paths
                 client.get("/health")
                 client.get("/v1/sandboxes")
-            health = timed(args.samples, lambda: client.get("/health").raise_for_status())
+            health = measure(lambda: client.get("/health").raise_for_status(), args.samples)
             print(f"server: {url}, runtime {client.get('/health').json()['isolation']}; "
                   f"{args.samples} samples each\n", flush=True)
             report("baseline: GET /health", health)
 
             created: list[str] = []
             samples = min(args.samples, args.sandboxes)
-            create_times = timed(samples, lambda: created.append(create_running(client)))
+            create_times = measure(lambda: created.append(create_running(client)), samples)
             report("create -> Running", create_times, health)
 
             fill_start = time.monotonic()
@@ -122,7 +80,7 @@ def main() -> None:
             print(f"  ({count} sandboxes live; the rest created in "
                   f"{time.monotonic() - fill_start:.1f} s)", flush=True)
 
-            health = timed(args.samples, lambda: client.get("/health").raise_for_status())
+            health = measure(lambda: client.get("/health").raise_for_status(), args.samples)
             report(f"baseline again with {count} sandboxes", health)
             for label, params in (
                     ("list, first page (pageSize 20)", {}),
@@ -130,21 +88,16 @@ def main() -> None:
                     ("list, metadata filter, pageSize 200",
                      {"metadata": "bench=lifecycle", "pageSize": 200}),
                     ("list, state filter, last page", {"state": "Running", "pageSize": 20,
-                                                       "page": count // 20})):
+                                                       "page": max(1, -(-count // 20))})):
                 def list_once(params: dict[str, object] = params) -> None:
                     response = client.get("/v1/sandboxes", params=params)
                     response.raise_for_status()
                     assert response.json()["pagination"]["totalItems"] == count
 
-                report(label, timed(args.samples, list_once), health)
+                report(label, measure(list_once, args.samples), health)
     finally:
         stop_start = time.monotonic()
-        process.terminate()
-        try:
-            process.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        server.stop(timeout=120)
         print(f"\nserver stopped (destroying every sandbox) in "
               f"{time.monotonic() - stop_start:.1f} s; whole run "
               f"{time.monotonic() - started:.1f} s", flush=True)

@@ -2,8 +2,8 @@
 
 Every request goes through the gateway to the embedded execd of a real sandbox, and every
 context is a real interpreter process inside it. The server comes from the `code_server`
-fixture and the image from `code_image`, so the module can be run against another runtime
-by overriding those two.
+fixture and the image from `code_image` (both in conftest.py), so the module can be run
+against another runtime by overriding those two.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 import threading
 import time
 import uuid
@@ -24,10 +23,8 @@ import httpx
 import pytest
 
 from tests.conftest import ServerProcess, create_body, execd_url, spec_validator
+from tests.helpers.frames import HEX32, split_frames
 
-HEX32 = re.compile(r"^[0-9a-f]{32}$")
-KEY_ORDER = ["type", "text", "execution_count", "execution_time", "timestamp", "results",
-             "error"]
 PYENV_SITE = Path("/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages")
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,18 +40,6 @@ def typescript_modules() -> Path | None:
 
 
 # --- fixtures --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def code_server(server: ServerProcess) -> ServerProcess:
-    """The server under test (override to run this module on another runtime)."""
-    return server
-
-
-@pytest.fixture
-def code_image() -> str:
-    """An image with python3, bash and sh."""
-    return "python:3.11"
 
 
 def make_sandbox(server: ServerProcess, image: str, **overrides: Any) -> str:
@@ -74,25 +59,6 @@ def base(code_server: ServerProcess, code_image: str) -> Iterator[str]:
 
 
 # --- helpers ---------------------------------------------------------------------------
-
-
-def split_frames(raw: bytes) -> list[dict[str, Any]]:
-    """Check upstream's framing byte by byte: every frame is one compact JSON object, keys
-    in upstream's order, followed by exactly `\\n\\n`."""
-    assert raw.endswith(b"\n\n"), raw[-200:]
-    events = []
-    for frame in raw[:-2].split(b"\n\n"):
-        assert frame.startswith(b"{") and b"\n" not in frame, frame
-        event = json.loads(frame)
-        assert json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode() == frame
-        keys = list(event)
-        assert keys == [k for k in KEY_ORDER if k in keys], keys
-        assert isinstance(event["timestamp"], int) and event["timestamp"] > 1_600_000_000_000
-        if "error" in event:
-            assert list(event["error"]) == ["ename", "evalue", "traceback"]
-            assert isinstance(event["error"]["traceback"], list)
-        events.append(event)
-    return events
 
 
 def stream(base: str, body: dict[str, Any]) -> list[dict[str, Any]]:

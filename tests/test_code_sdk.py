@@ -1,8 +1,8 @@
 """Code interpreting through the official SDK (`opensandbox-code-interpreter==0.1.1` on
 `opensandbox==0.1.5`), unmodified, against a real server.
 
-The server comes from the `code_server` fixture and the image from `code_image`, so the
-module can be run against another runtime by overriding those two.
+The server comes from the `code_server` fixture and the image from `code_image` (both in
+conftest.py), so the module can be run against another runtime by overriding those two.
 """
 
 from __future__ import annotations
@@ -27,18 +27,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-def code_server(server: ServerProcess) -> ServerProcess:
-    """The server under test (override to run this module on another runtime)."""
-    return server
-
-
-@pytest.fixture
-def code_image() -> str:
-    """An image with python3 and bash."""
-    return "python:3.11"
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,22 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess, create_body, no_leftover_processes
+from tests.conftest import ServerProcess, create_body, no_leftover_processes, wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
                                 reason="bubblewrap is not installed (apt-get install bubblewrap)")
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    """Poll `check` until truthy; the deadline only keeps a broken server from hanging."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.05)
 
 
 def root_of(server: ServerProcess, sandbox_id: str) -> Path:

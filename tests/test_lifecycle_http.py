@@ -22,7 +22,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess, create_body, launch, spec_validator
+from tests.conftest import ServerProcess, create_body, launch, spec_validator, wait_for
 
 RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 EXECD_PORT = 44772
@@ -83,19 +83,6 @@ def assert_no_nulls(value: Any) -> None:
 def parse_time(text: str) -> datetime:
     assert RFC3339_Z.match(text), text
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    """Poll `check` until it returns something truthy (not a timing assertion: the
-    deadline only stops a broken server from hanging the suite)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.05)
 
 
 def state_of(http: httpx.Client, sandbox_id: str) -> str:
