@@ -71,11 +71,12 @@ class ServerProcess:
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM (the server then destroys its sandboxes); SIGKILL after `timeout` s."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=20)
+                self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
@@ -209,6 +210,33 @@ def no_leftover_processes(state_dir: Path) -> list[str]:
     return leaks
 
 
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    """Poll `check` until it returns something truthy, and return that (not a timing
+    assertion: the deadline only stops a broken server from hanging the suite)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def code_server(server: ServerProcess) -> ServerProcess:
+    """The server the code-interpreting tests (HTTP and SDK) run against: override it to
+    run them on another runtime."""
+    return server
+
+
+@pytest.fixture
+def code_image() -> str:
+    """The image of the code-interpreting tests' sandboxes: it must have python3, bash and
+    sh. Override it together with `code_server`."""
+    return "python:3.11"
+
+
 # --- the docker runtime ------------------------------------------------------------------------
 # Docker tests skip when no engine answers (or the local test images are missing), unless
 # OPENSANDBOX_REQUIRE_DOCKER=1 (CI sets it), which turns every such skip into a failure.
@@ -257,13 +285,17 @@ def require_docker() -> None:
 def docker_sections(workdir: Path, *, instance: str | None = None,
                     allowed_host_paths: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """Config sections for a docker-runtime test server: its own instance label (so test
-    servers sharing the engine never adopt each other's sandboxes) and state directory."""
+    servers sharing the engine never adopt each other's sandboxes) and state directory.
+    Host volumes are allowed anywhere unless `allowed_host_paths` is given."""
     import uuid
 
-    return {"runtime": {"type": "docker"},
-            "docker": {"instance": instance or f"test-{uuid.uuid4().hex[:12]}",
-                       "state_dir": str(workdir / "docker-state")},
-            "storage": {"allowed_host_paths": allowed_host_paths or [str(workdir / "host")]}}
+    sections: dict[str, dict[str, Any]] = {
+        "runtime": {"type": "docker"},
+        "docker": {"instance": instance or f"test-{uuid.uuid4().hex[:12]}",
+                   "state_dir": str(workdir / "docker-state")}}
+    if allowed_host_paths is not None:
+        sections["storage"] = {"allowed_host_paths": allowed_host_paths}
+    return sections
 
 
 def remove_docker_sandboxes(instance: str) -> None:
@@ -283,8 +315,8 @@ def remove_docker_sandboxes(instance: str) -> None:
 
 @pytest.fixture(scope="session")
 def docker_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One session-wide server on the docker runtime. Host volumes may come from its
-    `<state_dir parent>/host` directory (`docker_host_dir(server)`)."""
+    """One session-wide server on the docker runtime (like `server`, host volumes may come
+    from anywhere); `docker_host_dir(server)` is a scratch directory for them."""
     require_docker()
     workdir = tmp_path_factory.mktemp("docker-server")
     (workdir / "host").mkdir()
@@ -296,5 +328,5 @@ def docker_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
 
 
 def docker_host_dir(server: ServerProcess) -> Path:
-    """The directory on the allowlist of a server started with `docker_sections`."""
+    """A scratch directory for host volumes of the `docker_server`."""
     return server.config_path.parent / "host"

@@ -284,6 +284,11 @@ class SandboxService:
             record.transition = None
 
     async def resume(self, sandbox_id: str) -> None:
+        record = self._record(sandbox_id)
+        if record.transition is PAUSING and record.tasks:
+            # A pause still under way (Docker's takes a few ms): a client that got the
+            # pause's 202 may resume at once, as upstream (whose pause is synchronous) allows.
+            await asyncio.wait(set(record.tasks))
         state = await self.state(sandbox_id)
         if state is not PAUSED:
             raise SandboxNotPaused(state.state)
