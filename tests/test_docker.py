@@ -19,6 +19,13 @@ import pytest
 from opensandbox.config.connection_sync import ConnectionConfigSync
 from opensandbox.exceptions import SandboxException
 from opensandbox.models.execd import RunCommandOpts
+from opensandbox.models.filesystem import (
+    ContentReplaceEntry,
+    MoveEntry,
+    SearchEntry,
+    SetPermissionEntry,
+    WriteEntry,
+)
 from opensandbox.models.sandboxes import PVC, Host, SandboxFilter, Volume
 from opensandbox.sync import SandboxManagerSync, SandboxSync
 
@@ -226,14 +233,6 @@ def test_host_volumes_rw_ro_and_sub_path(server: ServerProcess,
     assert not (root / "nope").exists()
 
 
-def test_host_volume_outside_the_allowlist_is_refused(server: ServerProcess,
-                                                      tmp_path: Path) -> None:
-    response = create_raw(server, volumes=[{"name": "x", "host": {"path": str(tmp_path)},
-                                            "mountPath": "/x"}])
-    assert response.status_code == 400, response.text
-    assert response.json()["code"] == "VOLUME::HOST_PATH_NOT_ALLOWED"
-
-
 def test_named_volume_whole_and_sub_path(server: ServerProcess, engine: Any,
                                          make_sandbox: Callable[..., SandboxSync]) -> None:
     name = f"osb-test-{uuid.uuid4().hex[:10]}"
@@ -302,10 +301,15 @@ def test_renewed_expiry_removes_the_container(server: ServerProcess, engine: Any
 def test_sandboxes_survive_a_server_restart(start_server: Callable[..., ServerProcess],
                                             engine: Any, tmp_path: Path) -> None:
     require_docker()
-    sections = docker_sections(tmp_path)
+    (tmp_path / "host").mkdir()
+    sections = docker_sections(tmp_path, allowed_host_paths=[str(tmp_path / "host")])
     instance = sections["docker"]["instance"]
     try:
         first = start_server(**sections)
+        outside = create_raw(first, volumes=[{"name": "x", "host": {"path": "/etc"},
+                                              "mountPath": "/x"}])
+        assert outside.status_code == 400, outside.text
+        assert outside.json()["code"] == "VOLUME::HOST_PATH_NOT_ALLOWED"
         kept = SandboxSync.create(BUSYBOX, entrypoint=FOREVER, metadata={"keep": "yes"},
                                   resource={"cpu": "500m", "memory": "128Mi"},
                                   connection_config=connect(first))
@@ -343,10 +347,18 @@ def test_sandboxes_survive_a_server_restart(start_server: Callable[..., ServerPr
 # --- ports ---------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("image", "entrypoint"), [
+    (DEBIAN, ["python3", "-m", "http.server", "8000", "--directory", "/etc"]),
+    # Bound to the container's loopback: reached through a relay exec'd in the sandbox
+    # (python3 in the Debian image, busybox nc in the busybox one).
+    (DEBIAN, ["python3", "-m", "http.server", "8000", "--bind", "127.0.0.1",
+              "--directory", "/etc"]),
+    (BUSYBOX, ["httpd", "-f", "-p", "127.0.0.1:8000", "-h", "/etc"]),
+], ids=["all-interfaces", "loopback-python", "loopback-busybox"])
 def test_application_port_through_gateway_and_server_proxy(
-        server: ServerProcess, make_sandbox: Callable[..., SandboxSync]) -> None:
-    sandbox = make_sandbox(DEBIAN, entrypoint=["python3", "-m", "http.server", "8000",
-                                               "--directory", "/etc"])
+        server: ServerProcess, make_sandbox: Callable[..., SandboxSync], image: str,
+        entrypoint: list[str]) -> None:
+    sandbox = make_sandbox(image, entrypoint=entrypoint)
     hostname = stdout_of(sandbox, "cat /etc/hostname")
     gateway = sandbox.get_endpoint(8000).endpoint
     via_proxy = SandboxSync.connect(sandbox.id, connection_config=connect(
@@ -364,9 +376,11 @@ def test_application_port_through_gateway_and_server_proxy(
                 return None
             return response if response.status_code != 502 else None
 
-        response = wait_for(fetch, what=f"http.server behind {endpoint}")
+        response = wait_for(fetch, what=f"the web server behind {endpoint}")
         assert response.status_code == 200
         assert response.text == hostname
+    missing = httpx.get(f"http://{gateway.replace('/8000', '/8001')}/", timeout=30)
+    assert missing.status_code == 502
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -417,3 +431,50 @@ def test_sandboxes_of_another_instance_are_left_alone(
     listed = httpx.get(f"{other.url}/v1/sandboxes", params={"pageSize": 200}).json()
     assert mine.id not in [item["id"] for item in listed["items"]]
     assert httpx.get(f"{other.url}/v1/sandboxes/{mine.id}").status_code == 404
+
+
+# --- files and metrics -------------------------------------------------------------------------
+
+
+def test_files_through_archive_and_helpers(make_sandbox: Callable[..., SandboxSync]) -> None:
+    sandbox = make_sandbox()  # busybox: the helpers need nothing but its applets
+    files = sandbox.files
+    files.write_files([WriteEntry(path="/work/notes/a.txt", data="alpha beta alpha",
+                                  mode=640),
+                       WriteEntry(path="/work/notes/b.log", data=b"\x00binary\xff")])
+    assert stdout_of(sandbox, "cat /work/notes/a.txt; echo; stat -c %a /work/notes/a.txt") \
+        == "alpha beta alpha\n640\n"
+    assert files.read_bytes("/work/notes/b.log") == b"\x00binary\xff"
+    info = files.get_file_info(["/work/notes/a.txt"])["/work/notes/a.txt"]
+    assert (info.size, info.mode, info.owner, info.group) == (16, 640, "root", "root")
+
+    # Larger than what goes through the helper agent: the archive API both ways.
+    big = bytes(range(256)) * (12 * 1024)  # 3 MiB
+    files.write_file("/work/big.bin", big)
+    assert stdout_of(sandbox, "wc -c < /work/big.bin").strip() == str(len(big))
+    assert files.read_bytes("/work/big.bin") == big
+    assert files.read_bytes("/work/big.bin", range_header="bytes=1000-1999") == big[1000:2000]
+
+    found = files.search(SearchEntry(path="/work", pattern="*.txt"))
+    assert [entry.path for entry in found] == ["/work/notes/a.txt"]
+    files.replace_contents([ContentReplaceEntry(path="/work/notes/a.txt", old_content="alpha",
+                                                new_content="omega")])
+    assert files.read_file("/work/notes/a.txt") == "omega beta omega"
+    files.set_permissions([SetPermissionEntry(path="/work/notes/a.txt", owner="nobody",
+                                              group="nogroup", mode=600)])
+    assert stdout_of(sandbox, "stat -c '%U %G %a' /work/notes/a.txt") == "nobody nogroup 600\n"
+    files.move_files([MoveEntry(src="/work/notes/a.txt", dest="/work/moved/a.txt")])
+    files.delete_files(["/work/notes/b.log"])
+    assert stdout_of(sandbox, "find /work -type f | sort") == "/work/big.bin\n/work/moved/a.txt\n"
+    files.delete_directories(["/work"])
+    assert stdout_of(sandbox, "ls /work 2>&1 || true").startswith("ls: ")
+    with pytest.raises(SandboxException):
+        files.read_file("/work/moved/a.txt")
+
+
+def test_metrics_come_from_container_stats(make_sandbox: Callable[..., SandboxSync]) -> None:
+    sandbox = make_sandbox(resource={"cpu": "500m", "memory": "256Mi"})
+    metrics = sandbox.get_metrics()
+    assert metrics.cpu_count == 0.5
+    assert metrics.memory_total_in_mib == 256
+    assert 0 < metrics.memory_used_in_mib < 256

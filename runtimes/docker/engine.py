@@ -40,9 +40,16 @@ class ExecStartError(Exception):
 
 
 class RawStream:
-    """The hijacked connection of one exec: read raw bytes, close."""
+    """The hijacked connection of one exec: read raw bytes, write to its stdin, close."""
 
     async def read(self, max_bytes: int) -> bytes:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    async def write(self, data: bytes) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    async def close_write(self) -> None:  # pragma: no cover - interface
+        """Half-close: the exec's stdin reads end-of-file; its output keeps coming."""
         raise NotImplementedError
 
     async def close(self) -> None:  # pragma: no cover - interface
@@ -59,6 +66,14 @@ class AsyncioStream(RawStream):
             return await self._reader.read(max_bytes)
         except (ConnectionError, OSError):
             return b""
+
+    async def write(self, data: bytes) -> None:
+        self._writer.write(data)
+        await self._writer.drain()
+
+    async def close_write(self) -> None:
+        if self._writer.can_write_eof():
+            self._writer.write_eof()
 
     async def close(self) -> None:
         self._writer.close()
@@ -96,6 +111,15 @@ class ThreadedStream(RawStream):
 
     async def read(self, max_bytes: int) -> bytes:
         return await self._queue.get()
+
+    async def write(self, data: bytes) -> None:
+        sock = getattr(self._sock, "_sock", self._sock)
+        await asyncio.to_thread(sock.sendall, data)
+
+    async def close_write(self) -> None:
+        sock = getattr(self._sock, "_sock", self._sock)
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(sock.shutdown, 1)  # SHUT_WR
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -1,16 +1,22 @@
-"""`DockerFilesystem`: a container's files, through the archive API and small exec'd helpers.
+"""`DockerFilesystem`: a container's files, through the archive API and small helpers.
 
-File contents move through the engine's archive API: a download streams the tar the engine
-sends (`GET …/archive`), an upload is spooled on the server and written with `PUT
-…/archive` under a hidden temporary name, then renamed into place. Everything else (stat,
-search, mkdir, rm, mv, chmod, chown) is one short `/bin/sh` helper run as root through the
-exec API, written for the common subset of busybox and GNU tools so that any image with a
-shell works. Paths are resolved inside the container, so `..`, symlinks and volumes behave
-exactly as the sandbox's own processes see them. User and group names come from the
-container's /etc/passwd and /etc/group, as in the fake runtime.
+Everything but file contents (stat, search, mkdir, rm, mv, chmod, chown, path resolution)
+is one operation of the sandbox's helper agent (`helpers.py`): POSIX shell run as root
+inside the container, for the common subset of busybox and GNU tools, so any image with a
+`/bin/sh` works. Paths are resolved inside the container, component by component, so `..`,
+symlinks and volumes behave exactly as the sandbox's own processes see them. User and group
+names come from the container's /etc/passwd and /etc/group, as on the fake runtime; the
+mount table comes from the container's /proc/self/mounts, so kernel filesystems (/proc,
+/sys, /dev) are refused and read-only mounts are known before anything is touched.
 
-Known limits: the archive API does not see tmpfs mounts made inside the container, and
-renames across mounts fall back to `mv`'s copy (the fake runtime refuses those).
+File contents: up to `INLINE_LIMIT` they travel through the agent (a millisecond or two);
+larger files go through the engine's archive API, which streams but costs some 40 ms a
+call: a download streams the tar the engine sends (`GET …/archive`) straight to the client,
+an upload is spooled on the server and written with `PUT …/archive`. Either way an upload
+lands under a hidden temporary name beside its target and one `mv` puts it in place.
+
+Known limits: the archive API does not see tmpfs mounts made inside the container (their
+large files cannot be downloaded); a name holding a newline goes through one-off execs.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from docker.errors import APIError, NotFound
 
 from runtimes.base import PathReadOnly, RuntimeFailure, SandboxMissing
 from runtimes.docker import tarstream
+from runtimes.docker.helpers import agent_can_carry
 from runtimes.docker.labels import container_name
 from runtimes.filesystem import (
     CHUNK_SIZE,
@@ -50,68 +57,14 @@ from runtimes.filesystem import (
 )
 
 if TYPE_CHECKING:
-    from runtimes.docker.runtime import DockerRuntime, HelperResult
+    from runtimes.docker.helpers import HelperResult
+    from runtimes.docker.runtime import DockerRuntime
 
 NEW_FILE_MODE = 0o755
 SPOOL_IN_MEMORY = 8 * 1024 * 1024  # an upload larger than this is spooled to disk
-
-# One helper per operation: `sh -c HELPER osb-fs <op> <args…>`. Paths are absolute (so
-# never taken for options) and passed as arguments, never spliced into the script.
-HELPER = r"""
-FMT='%f %s %u %g %Y %Z [%y] [%z] %n'
-ids() { echo "@@passwd"; cat /etc/passwd 2>/dev/null; echo "@@group"; cat /etc/group 2>/dev/null; }
-gone() { [ ! -e "$1" ] && [ ! -L "$1" ]; }
-apply() {
-  if [ "$2" != -1 ] && [ "$3" != -1 ]; then chown "$2:$3" "$1" || return 1
-  elif [ "$2" != -1 ]; then chown "$2" "$1" || return 1
-  elif [ "$3" != -1 ]; then chown ":$3" "$1" || return 1; fi
-  if [ -n "$4" ]; then chmod "$4" "$1" || return 1; fi
-}
-op=$1; shift
-case "$op" in
-stat)
-  if [ "$2" = 1 ]; then stat -L -c "$FMT" "$1" || exit 1; else stat -c "$FMT" "$1" || exit 1; fi
-  echo "@@real"; readlink -f "$1"; ids ;;
-ids) ids ;;
-search)
-  if gone "$1"; then echo "$1: No such file or directory" >&2; exit 1; fi
-  find -H "$1" \( -path /proc -o -path /sys \) -prune -o ! -type d \
-    -exec stat -c "$FMT" {} + 2>/dev/null
-  ids ;;
-prepare)
-  d=$(dirname "$1")
-  if [ -e "$d" ] && [ ! -d "$d" ]; then echo "$d: Not a directory" >&2; exit 1; fi
-  mkdir -p "$d" || exit 1
-  if gone "$1"; then real=$(readlink -f "$d")/$(basename "$1")
-  else real=$(readlink -f "$1") || exit 1; fi
-  if [ -d "$real" ]; then echo "$real: Is a directory" >&2; exit 1; fi
-  dir=$(dirname "$real")
-  : > "$dir/$2" || exit 1
-  echo "@@real"; echo "$real"
-  echo "@@existing"; if [ -e "$real" ]; then stat -c '%a %u %g' "$real"; fi
-  if [ "$3" = 1 ]; then ids; fi ;;
-commit)
-  if [ -d "$2" ] && [ ! -L "$2" ]; then rm -f "$1"; echo "$2: Is a directory" >&2; exit 1; fi
-  mv -f "$1" "$2" ;;
-discard) rm -f "$1" ;;
-mkdir)
-  if [ -e "$1" ] && [ ! -d "$1" ]; then echo "$1: Not a directory" >&2; exit 1; fi
-  if [ ! -d "$1" ]; then mkdir -p "$1" || exit 1; fi
-  apply "$1" "$2" "$3" "$4" ;;
-rmfile)
-  if [ -d "$1" ] && [ ! -L "$1" ]; then echo "$1: Is a directory" >&2; exit 1; fi
-  rm -f "$1" ;;
-rmtree) rm -rf "$1" ;;
-mv)
-  if gone "$1"; then echo "OSB:nosource" >&2; exit 1; fi
-  if ! gone "$2"; then echo "OSB:exists" >&2; exit 1; fi
-  mkdir -p "$(dirname "$2")" || exit 1
-  mv "$1" "$2" ;;
-chown)
-  if gone "$1"; then echo "$1: No such file or directory" >&2; exit 1; fi
-  apply "$1" "$2" "$3" "$4" ;;
-esac
-"""
+# Files up to this size travel through the sandbox's helper agent (about a millisecond);
+# larger ones through the archive API, which streams but costs some 40 ms a call.
+INLINE_LIMIT = 2 * 1024 * 1024
 
 STAT_LINE = re.compile(r"^([0-9a-f]+) (\d+) (\d+) (\d+) (\d+) (\d+) \[([^\]]*)\] \[([^\]]*)\] "
                        r"(.*)$")
@@ -223,6 +176,9 @@ def _failure(result: HelperResult, action: str, shown: str) -> RuntimeFailure:
         return FileExists(f"cannot {action} {shown}: the target already exists")
     if "Read-only file system" in text:
         return PathReadOnly(f"cannot {action} {shown}: it is on a read-only filesystem")
+    if "Too many levels of symbolic links" in text:
+        return RuntimeFailure(f"Too many levels of symbolic links in {shown}.",
+                              code="INVALID_REQUEST_BODY", status=400)
     if "Device or resource busy" in text:
         return FileBusy(f"cannot {action} {shown}: it is a mount point of the sandbox")
     if "Permission denied" in text or "Operation not permitted" in text:
@@ -252,6 +208,43 @@ def _engine_failure(error: APIError, action: str, shown: str) -> RuntimeFailure:
     return RuntimeFailure(f"cannot {action} {shown}: {text}")
 
 
+@dataclass(frozen=True)
+class MountEntry:
+    point: str
+    fstype: str
+    read_only: bool
+
+    @property
+    def kernel(self) -> bool:
+        """Per-process kernel views (/proc, /sys, /dev…): no file API, as the fake runtime."""
+        return (self.fstype in KERNEL_FILESYSTEMS or self.point == "/dev"
+                or self.point.startswith(("/dev/", "/proc/", "/sys/")))
+
+
+KERNEL_FILESYSTEMS = {"proc", "sysfs", "devpts", "devtmpfs", "mqueue", "cgroup", "cgroup2",
+                      "securityfs", "debugfs", "tracefs", "bpf", "pstore", "configfs",
+                      "fusectl", "hugetlbfs", "binfmt_misc"}
+
+
+def _unescape(field: str) -> str:
+    """/proc/mounts writes space, tab, newline and backslash as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def parse_mounts(text: str) -> list[MountEntry]:
+    entries = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 4:
+            entries.append(MountEntry(_unescape(fields[1]), fields[2],
+                                      "ro" in fields[3].split(",")))
+    return entries
+
+
+def _under(path: str, prefix: str) -> bool:
+    return prefix == "/" or path == prefix or path.startswith(prefix + "/")
+
+
 class DockerFilesystem(SandboxFilesystem):
     def __init__(self, runtime: DockerRuntime, sandbox_id: str, home: str = "/root"):
         self.runtime = runtime
@@ -259,8 +252,7 @@ class DockerFilesystem(SandboxFilesystem):
         self.home = home or "/root"
 
     async def _run(self, *args: str) -> HelperResult:
-        return await self.runtime.run_helper(
-            self.sandbox_id, ["/bin/sh", "-c", HELPER, "opensandbox-files", *args])
+        return await self.runtime.run_helper(self.sandbox_id, list(args))
 
     async def _ids(self, ownership: ChangeOwnership) -> tuple[int, int]:
         if not ownership.owner and not ownership.group:
@@ -269,18 +261,60 @@ class DockerFilesystem(SandboxFilesystem):
         names = _names(_sections(result.stdout.decode(errors="replace")))
         return names.uid(ownership.owner), names.gid(ownership.group)
 
+    # --- resolution and the mount table -----------------------------------------------------
+
+    async def _mounts(self) -> list[MountEntry]:
+        """The container's mount table; fixed once it runs (mounting needs CAP_SYS_ADMIN,
+        which sandboxes do not have), so it is read once per sandbox."""
+        cache = self.runtime.mount_tables
+        table = cache.get(self.sandbox_id)
+        if table is None:
+            result = await self._run("mounts")
+            table = parse_mounts(result.stdout.decode(errors="replace"))
+            if table:
+                cache[self.sandbox_id] = table
+        return table
+
+    async def _mount_of(self, real: str) -> MountEntry:
+        best = MountEntry("/", "overlay", False)
+        for entry in await self._mounts():
+            if _under(real, entry.point) and len(entry.point) >= len(best.point):
+                best = entry
+        return best
+
+    async def _reachable(self, real: str, shown: str) -> MountEntry:
+        mount = await self._mount_of(real)
+        if mount.kernel:
+            raise PathNotAccessible(
+                f"{shown} is on the sandbox's {mount.point}, a kernel filesystem each "
+                "sandbox process gets on its own; the file API cannot reach it. Read it "
+                f"with a command instead (e.g. cat {real}).")
+        return mount
+
+    async def _resolve(self, path: str, *, follow: bool) -> str:
+        shown = self.display(path)
+        await self._reachable(shown, shown)  # /proc/self/… must not even be resolved
+        result = await self._run("resolve", "1" if follow else "0", self.absolute(path))
+        if result.exit_code != 0:
+            raise _failure(result, "resolve", shown)
+        real = result.stdout.decode(errors="surrogateescape").rstrip("\n") or "/"
+        await self._reachable(real, shown)
+        return real
+
     # --- stat and search -----------------------------------------------------------------
 
     async def _stat(self, path: str, follow: bool) -> tuple[FileInfo, str]:
         shown = self.display(path)
+        await self._reachable(shown, shown)
         result = await self._run("stat", self.absolute(path), "1" if follow else "0")
         if result.exit_code != 0:
             raise _failure(result, "stat", shown)
-        sections = _sections(result.stdout.decode(errors="replace"))
+        sections = _sections(result.stdout.decode(errors="surrogateescape"))
+        real = (sections.get("real") or [""])[0] or self.absolute(path)
+        await self._reachable(real, shown)
         info = _info(sections[""][0] if sections[""] else "", _names(sections), shown)
         if info is None:
             raise RuntimeFailure(f"cannot stat {shown}: unexpected output from stat")
-        real = (sections.get("real") or [""])[0] or self.absolute(path)
         return info, real
 
     async def stat(self, path: str, *, follow_symlinks: bool = True) -> FileInfo:
@@ -288,16 +322,23 @@ class DockerFilesystem(SandboxFilesystem):
 
     async def search(self, root: str, match: Callable[[str], bool]) -> list[FileInfo]:
         shown = self.display(root)
-        result = await self._run("search", shown)
+        real = await self._resolve(root, follow=True)
+        result = await self._run("search", real)
         if result.exit_code != 0:
             raise _failure(result, "search", shown)
-        sections = _sections(result.stdout.decode(errors="replace"))
+        sections = _sections(result.stdout.decode(errors="surrogateescape"))
         names = _names(sections)
+        kernel = [m.point for m in await self._mounts() if m.kernel]
         found = []
         for line in sections[""]:
             info = _info(line, names)
-            if info is not None and match(posixpath.basename(info.path)):
-                found.append(info)
+            if info is None or any(_under(info.path, point) for point in kernel):
+                continue
+            if match(posixpath.basename(info.path)):
+                relative = info.path[len(real):].lstrip("/") if real != "/" else \
+                    info.path.lstrip("/")
+                found.append(replace(info, path=posixpath.join(shown, relative)
+                                     if relative else shown))
         # Upstream walks each directory in lexical order, depth first.
         found.sort(key=lambda info: info.path.split("/"))
         return found
@@ -312,6 +353,12 @@ class DockerFilesystem(SandboxFilesystem):
         if info.type is not FileType.FILE:
             raise RuntimeFailure(f"{info.path} is not a regular file", code="INVALID_FILE",
                                  status=400)
+        if info.size <= INLINE_LIMIT and agent_can_carry([real]):
+            result = await self._run("read", real, str(INLINE_LIMIT + 1))
+            if result.exit_code != 0:
+                raise _failure(result, "read", info.path)
+            if len(result.stdout) <= INLINE_LIMIT:
+                return _InlineReader(replace(info, size=len(result.stdout)), result.stdout)
         reader = _ArchiveReader(self.runtime, self.sandbox_id, real, info)
         await reader.open()
         return reader
@@ -321,16 +368,17 @@ class DockerFilesystem(SandboxFilesystem):
     async def open_write(self, path: str, ownership: ChangeOwnership) -> FileWriter:
         _check_mode(ownership.mode)
         shown = self.display(path)
-        temp = f".{posixpath.basename(shown)[:180]}.{secrets.token_hex(6)}.part"
+        real = await self._resolve(path, follow=True)
+        if real == "/":
+            raise IsADirectory(f"cannot write {shown}: it is a directory")
+        temp = f".{posixpath.basename(real)[:180]}.{secrets.token_hex(6)}.part"
         wants_ids = bool(ownership.owner or ownership.group)
-        result = await self._run("prepare", self.absolute(path), temp,
-                                 "1" if wants_ids else "0")
+        result = await self._run("prepare", real, temp, "1" if wants_ids else "0")
         if result.exit_code != 0:
             raise _failure(result, "write", shown)
-        sections = _sections(result.stdout.decode(errors="replace"))
-        real = posixpath.normpath((sections.get("real") or [""])[0] or self.absolute(path))
-        directory = posixpath.dirname(real)
-        writer = _ArchiveWriter(self.runtime, self.sandbox_id, shown, directory, temp, real)
+        sections = _sections(result.stdout.decode(errors="surrogateescape"))
+        writer = _Writer(self.runtime, self.sandbox_id, shown, posixpath.dirname(real), temp,
+                         real)
         try:
             uid, gid = -1, -1
             if wants_ids:
@@ -354,14 +402,21 @@ class DockerFilesystem(SandboxFilesystem):
         _check_mode(ownership.mode)
         shown = self.display(path)
         uid, gid = await self._ids(ownership)
-        result = await self._run("mkdir", self.absolute(path), str(uid), str(gid),
-                                 _mode_arg(ownership))
+        real = await self._resolve(path, follow=True)
+        result = await self._run("mkdir", real, str(uid), str(gid), _mode_arg(ownership))
         if result.exit_code != 0:
-            raise _failure(result, "create directory", shown)
+            failure = _failure(result, "create directory", shown)
+            if isinstance(failure, FileExists):  # a file where a directory should be
+                raise NotADirectory(f"cannot create directory {shown}: a file is in the way")
+            raise failure
 
     async def remove_file(self, path: str) -> None:
         shown = self.display(path)
-        result = await self._run("rmfile", self.absolute(path))
+        try:
+            real = await self._resolve(path, follow=False)
+        except (FileNotFound, NotADirectory):
+            return
+        result = await self._run("rmfile", real)
         if result.exit_code != 0:
             failure = _failure(result, "remove", shown)
             if isinstance(failure, IsADirectory):
@@ -372,15 +427,46 @@ class DockerFilesystem(SandboxFilesystem):
 
     async def remove_tree(self, path: str) -> None:
         shown = self.display(path)
-        result = await self._run("rmtree", self.absolute(path))
+        try:
+            real = await self._resolve(path, follow=False)
+        except (FileNotFound, NotADirectory):
+            return
+        own = await self._mount_of(real)
+        for mount in await self._mounts():
+            if mount.read_only and (_under(mount.point, real) or mount == own):
+                raise PathReadOnly(f"cannot remove {shown}: it contains {mount.point}, a "
+                                   "read-only mount of the sandbox" if mount != own else
+                                   f"cannot remove {shown}: it is on a read-only mount of "
+                                   "the sandbox")
+            if mount.kernel and _under(mount.point, real) and mount.point != real:
+                raise PathNotAccessible(f"cannot remove {shown}: it contains {mount.point}, "
+                                        "a kernel filesystem of the sandbox")
+        result = await self._run("rmtree", real)
         if result.exit_code != 0:
+            lines = [line for line in result.stderr.decode(errors="replace").splitlines()
+                     if line.strip()]
+            # Mount points cannot go: like the fake runtime, empty them and keep them.
+            if lines and all("Device or resource busy" in line for line in lines):
+                return
             failure = _failure(result, "remove", shown)
             if not isinstance(failure, FileNotFound):
                 raise failure
 
     async def rename(self, src: str, dest: str) -> None:
         source, target = self.display(src), self.display(dest)
-        result = await self._run("mv", self.absolute(src), self.absolute(dest))
+        real_src = await self._resolve(src, follow=False)
+        real_dest = await self._resolve(dest, follow=False)
+        from_mount = await self._mount_of(real_src)
+        to_mount = await self._mount_of(posixpath.dirname(real_dest) or "/")
+        if from_mount.point == real_src:
+            raise FileBusy(f"{source} is a mount point of the sandbox; it cannot be moved")
+        if from_mount != to_mount:
+            raise RuntimeFailure(
+                f"cannot move {source} to {target}: they are on different mounts of the "
+                f"sandbox ({from_mount.point} and {to_mount.point}), and rename cannot cross "
+                "mounts. Copy it instead (download and upload, or `cp -r` in a command).",
+                code="CROSS_MOUNT_MOVE", status=400)
+        result = await self._run("mv", real_src, real_dest)
         if result.exit_code == 0:
             return
         text = result.stderr.decode(errors="replace")
@@ -398,8 +484,8 @@ class DockerFilesystem(SandboxFilesystem):
         _check_mode(ownership.mode)
         shown = self.display(path)
         uid, gid = await self._ids(ownership)
-        result = await self._run("chown", self.absolute(path), str(uid), str(gid),
-                                 _mode_arg(ownership))
+        real = await self._resolve(path, follow=True)
+        result = await self._run("chown", real, str(uid), str(gid), _mode_arg(ownership))
         if result.exit_code != 0:
             raise _failure(result, "change permissions of", shown)
 
@@ -436,6 +522,23 @@ class DockerFilesystem(SandboxFilesystem):
             if writer is not None:
                 await writer.abort()
             await reader.close()
+
+
+class _InlineReader(FileReader):
+    """A small file, read whole through the agent."""
+
+    def __init__(self, info: FileInfo, content: bytes):
+        self.info = info
+        self._content: bytes | None = content
+
+    async def chunks(self, start: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        content = self._content or b""
+        end = len(content) if length is None else min(start + length, len(content))
+        for offset in range(start, end, CHUNK_SIZE):
+            yield content[offset:min(offset + CHUNK_SIZE, end)]
+
+    async def close(self) -> None:
+        self._content = None
 
 
 class _ArchiveReader(FileReader):
@@ -529,9 +632,11 @@ class _ArchiveReader(FileReader):
             await self._runtime.engine.call(response.close)
 
 
-class _ArchiveWriter(FileWriter):
-    """Spools the upload, then `PUT …/archive` writes it under a hidden name beside the
-    target (reserved by the helper that checked the target) and `mv` moves it into place."""
+class _Writer(FileWriter):
+    """Spools the upload on the server; `seal` sends it into the container under a hidden
+    name beside the target (reserved by the helper that checked the target), through the
+    agent for a small file and `PUT …/archive` for a large one; `commit` applies mode and
+    owner and renames it into place with one `mv`."""
 
     def __init__(self, runtime: DockerRuntime, sandbox_id: str, shown: str, directory: str,
                  temp: str, real: str):
@@ -575,8 +680,26 @@ class _ArchiveWriter(FileWriter):
         if self._sealed or self._done:
             return
         await self._flush()
-        spool = self._spool
+        spool, self._spool = self._spool, None
         assert spool is not None
+        try:
+            if self._size <= INLINE_LIMIT and agent_can_carry([self._temp_path]):
+                spool.seek(0)
+                data = spool.read()
+                result = await self._runtime.run_helper(
+                    self._sandbox_id, ["write", self._temp_path, str(len(data))], payload=data)
+                if result.exit_code != 0:
+                    raise _failure(result, "write", self.path)
+            else:
+                await self._put_archive(spool)
+        except BaseException:
+            await self.abort()
+            raise
+        finally:
+            await asyncio.to_thread(spool.close)
+        self._sealed = True
+
+    async def _put_archive(self, spool: IO[bytes]) -> None:
         header = tarstream.file_header(self._temp, self._size, mode=self.mode, uid=self.uid,
                                        gid=self.gid)
 
@@ -592,22 +715,23 @@ class _ArchiveWriter(FileWriter):
             await self._runtime.engine.call(api.put_archive, container_name(self._sandbox_id),
                                             self._directory, body())
         except APIError as error:
-            await self.abort()
             raise _engine_failure(error, "write", self.path) from error
-        finally:
-            self._spool = None
-            await asyncio.to_thread(spool.close)
-        self._sealed = True
 
     async def commit(self) -> None:
         if self._done:
             raise RuntimeFailure(f"write of {self.path} was already finished or aborted")
         await self.seal()
-        fs_helper = ["/bin/sh", "-c", HELPER, "opensandbox-files", "commit", self._temp_path,
-                     self._real]
-        result = await self._runtime.run_helper(self._sandbox_id, fs_helper)
+        result = await self._runtime.run_helper(self._sandbox_id, [
+            "commit", self._temp_path, self._real, str(self.uid), str(self.gid),
+            format(self.mode, "o"), str(self._size)])
         self._done = True
         if result.exit_code != 0:
+            if b"OSB:short" in result.stderr:
+                # The archive API wrote beside what the sandbox sees (a tmpfs, say).
+                raise RuntimeFailure(f"cannot write {self.path}: the engine's archive API "
+                                     "cannot reach that place in the sandbox (a tmpfs?); "
+                                     "write it with a command instead",
+                                     code="FILE_NOT_ACCESSIBLE", status=403)
             raise _failure(result, "write", self.path)
 
     async def abort(self) -> None:
@@ -618,5 +742,4 @@ class _ArchiveWriter(FileWriter):
         if spool is not None:
             await asyncio.to_thread(spool.close)
         with contextlib.suppress(RuntimeFailure, OSError):
-            await self._runtime.run_helper(self._sandbox_id, [
-                "/bin/sh", "-c", HELPER, "opensandbox-files", "discard", self._temp_path])
+            await self._runtime.run_helper(self._sandbox_id, ["discard", self._temp_path])

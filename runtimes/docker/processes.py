@@ -162,16 +162,40 @@ class OutputPump:
             await self._task
 
 
+class ExecInput:
+    """The process's stdin: the write side of the exec's connection. `close` half-closes
+    it, and the engine then closes the process's stdin (end-of-file)."""
+
+    def __init__(self, stream: RawStream):
+        self._stream = stream
+        self._closed = False
+
+    async def write(self, data: bytes) -> None:
+        if self._closed:
+            raise BrokenPipeError("stdin is closed")
+        try:
+            await self._stream.write(data)
+        except (ConnectionError, RuntimeError) as error:
+            raise BrokenPipeError(str(error)) from error
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(Exception):
+                await self._stream.close_write()
+
+
 Inspect = Callable[[], Awaitable[dict[str, object]]]
-Signaller = Callable[[int, int], Awaitable[None]]
+Signaller = Callable[[int, int], Awaitable[bool]]
 
 
 class ExecProcess(SandboxProcess):
     """A process started through the exec API; `pgid` is its pid inside the container."""
 
     def __init__(self, pump: OutputPump, pgid: int, inspect: Inspect, signaller: Signaller,
-                 on_exit: Callable[[ExecProcess], None]):
+                 on_exit: Callable[[ExecProcess], None], *, stdin: bool = False):
         self._pump = pump
+        self.stdin = ExecInput(pump.stream) if stdin else None
         self.pgid = pgid
         self.stdout = pump.stdout
         self.stderr = pump.stderr
@@ -181,6 +205,7 @@ class ExecProcess(SandboxProcess):
         self._signalled: int | None = None
         self._status: ExitStatus | None = None
         self._waiting: asyncio.Task[ExitStatus] | None = None
+        self._killed_while_paused = asyncio.Event()
 
     async def wait(self) -> ExitStatus:
         if self._status is not None:
@@ -193,22 +218,24 @@ class ExecProcess(SandboxProcess):
         """The exec API has no "wait": poll `exec inspect`, at once when the output ends
         (the usual case) and with a growing interval while a command runs on."""
         interval = 0.02
-        while True:
+        code: int | None = None
+        while not self._killed_while_paused.is_set():
             info = await self._inspect()
             if not info:  # the container (and so the exec) is gone
-                code: object = 128 + signals.SIGKILL
+                code = 128 + signals.SIGKILL
                 break
-            if not info.get("Running") and info.get("ExitCode") is not None:
-                code = info["ExitCode"]
+            if not info.get("Running") and isinstance(info.get("ExitCode"), int):
+                code = int(info["ExitCode"])  # type: ignore[call-overload]
                 break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._pump.eof.wait(), timeout=interval)
-            interval = min(interval * 2, 1.0) if not self._pump.eof.is_set() else 0.02
-        assert isinstance(code, int)
-        if self._signalled is not None and code == 128 + self._signalled:
-            status = ExitStatus(signal=self._signalled)
-        elif not isinstance(code, int) or code < 0:
-            status = ExitStatus(signal=signals.SIGKILL)
+            wake = asyncio.ensure_future(self._pump.eof.wait())
+            killed = asyncio.ensure_future(self._killed_while_paused.wait())
+            await asyncio.wait({wake, killed}, timeout=interval,
+                               return_when=asyncio.FIRST_COMPLETED)
+            wake.cancel()
+            killed.cancel()
+            interval = 0.02 if self._pump.eof.is_set() else min(interval * 2, 1.0)
+        if code is None or (self._signalled is not None and code == 128 + self._signalled):
+            status = ExitStatus(signal=self._signalled or signals.SIGKILL)
         else:
             status = ExitStatus(code=code)
         self._status = status
@@ -218,7 +245,11 @@ class ExecProcess(SandboxProcess):
     async def signal_group(self, sig: int) -> None:
         if sig in (signals.SIGKILL, signals.SIGTERM, signals.SIGINT, signals.SIGHUP):
             self._signalled = sig
-        await self._signaller(self.pgid, sig)
+        delivered = await self._signaller(self.pgid, sig)
+        if not delivered and sig == signals.SIGKILL:
+            # The sandbox is paused: the kill is queued for when it resumes, and the
+            # command counts as killed now (a paused sandbox's timeouts still fire).
+            self._killed_while_paused.set()
 
     async def close(self) -> None:
         """Stop reading (the runtime's shutdown); the process itself is left alone."""

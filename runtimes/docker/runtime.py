@@ -13,10 +13,15 @@ those already expired). `close()` releases the server's connections only.
 
 Ports: sandboxes join `[docker] network_mode` (the default `bridge` or a user-defined
 network) and the server reaches an application port at the container's own address on that
-network. Docker can publish ports only when a container is created, while a sandbox's ports
-are asked for afterwards (any port, any time); the container address reaches them all with
-no host ports to allocate. With `network_mode = "host"` the sandbox shares the host's
-network and its ports are on loopback.
+network. Publishing to the host's loopback was the alternative, but Docker publishes ports
+only when a container is created, while a sandbox's ports are asked for afterwards (any
+port, any time); the container's address reaches them all, with no host ports to allocate
+or leak. An application bound to the container's own loopback is reached through a relay
+exec'd inside the sandbox (`relay.py`). With `network_mode = "host"` the sandbox shares the
+host's network and its ports are on loopback.
+
+Helpers: short operations inside the container (stat, mkdir, kill…) go through one
+long-lived helper shell per sandbox (`helpers.py`), not one exec each.
 """
 
 from __future__ import annotations
@@ -48,10 +53,21 @@ from runtimes.base import (
     SpawnRequest,
 )
 from runtimes.docker import labels
-from runtimes.docker.engine import Engine, ExecStartError
+from runtimes.docker.engine import Engine, ExecStartError, RawStream
 from runtimes.docker.expiry import ExpiryStore, default_state_dir
+from runtimes.docker.helpers import (
+    AGENT_ARGV,
+    AGENT_ENV,
+    Agent,
+    AgentGone,
+    AgentPool,
+    HelperResult,
+    agent_can_carry,
+    one_shot_argv,
+)
 from runtimes.docker.limits import parse_limits
 from runtimes.docker.processes import ExecProcess, OutputPump, spawn_failure, wrap
+from runtimes.docker.relay import RELAY_ENV, LoopbackRelay, relay_argv
 from runtimes.docker.volumes import NamedVolume, pvc_failure, sub_path_source, to_mount
 
 if TYPE_CHECKING:
@@ -64,18 +80,10 @@ HANDSHAKE_TIMEOUT = 30.0
 
 
 @dataclass
-class HelperResult:
-    exit_code: int
-    stdout: bytes
-    stderr: bytes
-
-
-@dataclass
 class CpuSample:
     at: float  # monotonic seconds
     cpu_ns: int
     system_ns: int | None
-    read_ns: int | None
 
 
 class DockerRuntime(Runtime):
@@ -93,16 +101,18 @@ class DockerRuntime(Runtime):
         self._homes: dict[str, str] = {}  # HOME of the container's root, for `~` in files
         self._processes: dict[str, set[ExecProcess]] = {}
         self._cpu_samples: dict[str, CpuSample] = {}
+        self._agents: dict[str, AgentPool] = {}
+        self.mount_tables: dict[str, Any] = {}  # sandbox id -> its mounts (filesystem.py)
+        self._pending_signals: dict[str, list[tuple[int, int]]] = {}
+        # Programs a spawn found missing (bash in a busybox image, say): checked again
+        # through the agent (~1 ms) instead of another exec (~40 ms) before each retry.
+        self._missing_programs: dict[str, set[str]] = {}
+        self._relays: dict[str, dict[int, tuple[LoopbackRelay, int]]] = {}
         self._host_cpus = float(os.cpu_count() or 1)
-        self._warnings: list[str] = []
 
     @property
     def isolation(self) -> str:
         return "docker"
-
-    @property
-    def warnings(self) -> list[str]:
-        return list(self._warnings)
 
     # --- start-up and shutdown -------------------------------------------------------------
 
@@ -145,6 +155,11 @@ class DockerRuntime(Runtime):
             for process in list(processes):
                 await process.close()
         self._processes.clear()
+        for pool in list(self._agents.values()):
+            await pool.close()
+        self._agents.clear()
+        for sandbox_id in list(self._relays):
+            await self._close_relays(sandbox_id)
         await self.engine.close()
 
     # --- provisioning ------------------------------------------------------------------------
@@ -302,6 +317,8 @@ class DockerRuntime(Runtime):
     async def resume(self, sandbox_id: str) -> None:
         await self._lifecycle_call(sandbox_id, self.engine.api.unpause,
                                    "DOCKER::SANDBOX_RESUME_FAILED", "resuming")
+        for pgid, sig in self._pending_signals.pop(sandbox_id, []):
+            await self.signal_group(sandbox_id, pgid, sig)
 
     async def _lifecycle_call(self, sandbox_id: str, action: Any, code: str, what: str) -> None:
         try:
@@ -333,6 +350,10 @@ class DockerRuntime(Runtime):
                                      code="DOCKER::SANDBOX_DELETE_FAILED") from error
         for process in list(self._processes.pop(sandbox_id, ())):
             await process.close()
+        pool = self._agents.pop(sandbox_id, None)
+        if pool is not None:
+            await pool.close()
+        await self._close_relays(sandbox_id)
         self._forget(sandbox_id)
         await self.expiry.forget({sandbox_id})
 
@@ -340,6 +361,9 @@ class DockerRuntime(Runtime):
         self._sandboxes.discard(sandbox_id)
         self._homes.pop(sandbox_id, None)
         self._cpu_samples.pop(sandbox_id, None)
+        self._pending_signals.pop(sandbox_id, None)
+        self.mount_tables.pop(sandbox_id, None)
+        self._missing_programs.pop(sandbox_id, None)
 
     async def set_expiry(self, sandbox_id: str, expires_at: datetime | None) -> None:
         await self.expiry.set(sandbox_id, expires_at)
@@ -347,11 +371,13 @@ class DockerRuntime(Runtime):
     # --- processes ---------------------------------------------------------------------------
 
     async def _exec_create(self, sandbox_id: str, argv: list[str], *, user: str = "",
-                           environment: Mapping[str, str] | None = None) -> str:
+                           environment: Mapping[str, str] | None = None,
+                           stdin: bool = False) -> str:
         try:
             created = await self.engine.call(
                 self.engine.api.exec_create, labels.container_name(sandbox_id), argv,
-                stdout=True, stderr=True, user=user, environment=dict(environment or {}))
+                stdout=True, stderr=True, stdin=stdin, user=user,
+                environment=dict(environment or {}))
         except NotFound as error:
             self._forget(sandbox_id)
             raise SandboxMissing(sandbox_id) from error
@@ -359,6 +385,14 @@ class DockerRuntime(Runtime):
             raise SpawnFailed(f"the sandbox cannot run commands now: {_explain(error)}",
                               status=409 if error.status_code == 409 else 500) from error
         return str(created["Id"])
+
+    async def _attach(self, exec_id: str) -> RawStream:
+        try:
+            return await self.engine.attach_exec(exec_id)
+        except (ExecStartError, OSError) as error:
+            status = error.status if isinstance(error, ExecStartError) else 500
+            raise SpawnFailed(f"the sandbox cannot run commands now: {error}",
+                              status=409 if status == 409 else 500) from error
 
     async def spawn(self, sandbox_id: str, request: SpawnRequest) -> SandboxProcess:
         if not request.argv:
@@ -368,14 +402,17 @@ class DockerRuntime(Runtime):
             uid = request.uid if request.uid is not None else 0
             gid = request.gid if request.gid is not None else uid
             user = f"{uid}:{gid}"
+        program = request.argv[0]
+        cacheable = "/" not in program and "PATH" not in request.env
+        missing = self._missing_programs.setdefault(sandbox_id, set())
+        if cacheable and program in missing:
+            if (await self.run_helper(sandbox_id, ["have", program])).exit_code != 0:
+                raise spawn_failure("noexec", program, request.cwd)
+            missing.discard(program)
         exec_id = await self._exec_create(
             sandbox_id, wrap(list(request.argv), request.cwd, request.merge_stderr), user=user,
-            environment=request.env)
-        try:
-            stream = await self.engine.attach_exec(exec_id)
-        except (ExecStartError, OSError) as error:
-            raise SpawnFailed(f"the sandbox cannot run commands now: {error}") from error
-        pump = OutputPump(stream, merged=request.merge_stderr)
+            environment=request.env, stdin=request.stdin)
+        pump = OutputPump(await self._attach(exec_id), merged=request.merge_stderr)
         try:
             handshake = await asyncio.wait_for(asyncio.shield(pump.handshake),
                                                HANDSHAKE_TIMEOUT)
@@ -384,45 +421,90 @@ class DockerRuntime(Runtime):
             raise
         if not handshake.startswith("pid "):
             await pump.close()
-            raise spawn_failure(handshake, request.argv[0], request.cwd)
+            if handshake == "noexec" and cacheable:
+                missing.add(program)
+            raise spawn_failure(handshake, program, request.cwd)
         processes = self._processes.setdefault(sandbox_id, set())
 
         async def inspect() -> dict[str, Any]:
             try:
-                return await self.engine.call(self.engine.api.exec_inspect, exec_id)  # type: ignore[no-any-return]
+                info: dict[str, Any] = await self.engine.call(self.engine.api.exec_inspect,
+                                                              exec_id)
             except NotFound:
                 return {}
+            return info
 
-        async def signaller(pgid: int, sig: int) -> None:
-            await self.signal_group(sandbox_id, pgid, sig)
+        async def signaller(pgid: int, sig: int) -> bool:
+            return await self.signal_group(sandbox_id, pgid, sig)
 
         process = ExecProcess(pump, int(handshake.split()[1]), inspect, signaller,
-                              on_exit=lambda p: processes.discard(p))
+                              on_exit=processes.discard, stdin=request.stdin)
         processes.add(process)
         return process
 
-    async def signal_group(self, sandbox_id: str, pgid: int, sig: int) -> None:
-        """`kill -<sig> -<pgid>` inside the container, as root; a gone group is fine."""
+    async def signal_group(self, sandbox_id: str, pgid: int, sig: int) -> bool:
+        """`kill -<sig> -<pgid>` inside the container, as root; a gone group is fine.
+
+        A paused container runs nothing, not even `kill`: the signal is then queued and
+        sent on resume, and False tells the caller it has not arrived yet."""
         try:
-            result = await self.run_helper(sandbox_id, [
-                "/bin/sh", "-c", f"kill -{int(sig)} -{int(pgid)} 2>/dev/null || true"])
+            attrs = await self._attrs(sandbox_id)
+        except SandboxMissing:
+            return True  # the container is gone, and with it the group
+        state = attrs.get("State") or {}
+        if state.get("Paused"):
+            self._pending_signals.setdefault(sandbox_id, []).append((pgid, sig))
+            return False
+        if not state.get("Running"):
+            return True
+        try:
+            await self.run_helper(sandbox_id, ["kill", str(int(sig)), str(int(pgid))])
         except (RuntimeFailure, OSError) as error:
             log.warning("signal %s to group %s of sandbox %s failed: %s", sig, pgid, sandbox_id,
                         error)
-            return
-        if result.exit_code != 0:
-            log.warning("signal %s to group %s of sandbox %s: %s", sig, pgid, sandbox_id,
-                        result.stderr.decode(errors="replace").strip())
+            return False
+        return True
 
-    async def run_helper(self, sandbox_id: str, argv: list[str], *, user: str = "0",
-                         limit_seconds: float = 60.0) -> HelperResult:
-        """Run a short helper command in the container and collect all of its output."""
-        exec_id = await self._exec_create(sandbox_id, argv, user=user)
+    async def _agent(self, sandbox_id: str) -> Agent:
+        exec_id = await self._exec_create(sandbox_id, AGENT_ARGV, user="0", stdin=True,
+                                          environment=AGENT_ENV)
+        stream = await self._attach(exec_id)
+        return Agent(stream, stream.write)
+
+    async def run_helper(self, sandbox_id: str, args: list[str], *, payload: bytes = b"",
+                         limit_seconds: float = 120.0) -> HelperResult:
+        """One operation of `helpers.OPERATIONS`, as root, through the sandbox's agents
+        (or a one-off exec for an argument the agent's line protocol cannot carry; a
+        `payload` for `write` needs the agent)."""
+        if sandbox_id not in self._sandboxes:
+            raise SandboxMissing(sandbox_id)
+        if not agent_can_carry(args):
+            if payload:
+                raise ValueError("a helper payload needs arguments the agent can carry")
+            return await self._run_once(sandbox_id, one_shot_argv(args), limit_seconds)
+        pool = self._agents.get(sandbox_id)
+        if pool is None:
+            pool = self._agents[sandbox_id] = AgentPool(lambda: self._agent(sandbox_id))
         try:
-            stream = await self.engine.attach_exec(exec_id)
-        except ExecStartError as error:
-            raise SpawnFailed(f"the sandbox cannot run helpers now: {error.message}",
-                              status=409 if error.status == 409 else 500) from error
+            async with asyncio.timeout(limit_seconds):
+                return await pool.call(args, payload)
+        except AgentGone:
+            if payload:
+                raise RuntimeFailure(f"the helper of sandbox {sandbox_id} ended while "
+                                     "receiving a file; is the sandbox still running?",
+                                     code="DOCKER::HELPER_FAILED") from None
+            # The agent died under the call (the container stopped or restarted, say);
+            # a one-off exec either works or says why it cannot.
+            return await self._run_once(sandbox_id, one_shot_argv(args), limit_seconds)
+        except TimeoutError as error:
+            raise RuntimeFailure(f"a helper in sandbox {sandbox_id} did not answer within "
+                                 f"{limit_seconds:.0f} s; is the sandbox paused?",
+                                 code="DOCKER::HELPER_TIMEOUT", status=504) from error
+
+    async def _run_once(self, sandbox_id: str, argv: list[str],
+                        limit_seconds: float) -> HelperResult:
+        exec_id = await self._exec_create(sandbox_id, argv, user="0")
+        stream = await self._attach(exec_id)
         out = bytearray()
         err = bytearray()
         buffer = bytearray()
@@ -457,6 +539,8 @@ class DockerRuntime(Runtime):
     # --- ports and metrics -----------------------------------------------------------------
 
     async def port_address(self, sandbox_id: str, port: int) -> tuple[str, int]:
+        """The container's address on its network when something listens there; else (an
+        application bound to the container's loopback) a relay on the server's loopback."""
         if self.network == "host":
             await self._attrs(sandbox_id)
             return "127.0.0.1", port
@@ -470,7 +554,22 @@ class DockerRuntime(Runtime):
             raise RuntimeFailure(f"Sandbox {sandbox_id} has no address on Docker network "
                                  f"'{self.network}'; is it running?",
                                  code="DOCKER::NETWORK_MODE_ENDPOINT_UNAVAILABLE", status=503)
-        return address, port
+        if await _accepts(address, port):
+            return address, port
+        relays = self._relays.setdefault(sandbox_id, {})
+        if port not in relays:
+            relay = LoopbackRelay(port, lambda p: self._open_relay(sandbox_id, p))
+            relays[port] = (relay, await relay.start())
+        return "127.0.0.1", relays[port][1]
+
+    async def _open_relay(self, sandbox_id: str, port: int) -> RawStream:
+        exec_id = await self._exec_create(sandbox_id, relay_argv(port), stdin=True,
+                                          environment=RELAY_ENV)
+        return await self._attach(exec_id)
+
+    async def _close_relays(self, sandbox_id: str) -> None:
+        for relay, _ in self._relays.pop(sandbox_id, {}).values():
+            await relay.close()
 
     async def _cpu_sample(self, sandbox_id: str) -> tuple[CpuSample, dict[str, Any]]:
         name = labels.container_name(sandbox_id)
@@ -484,11 +583,9 @@ class DockerRuntime(Runtime):
                                  f"{_explain(error)}", code="DOCKER::SANDBOX_QUERY_FAILED"
                                  ) from error
         cpu = stats.get("cpu_stats") or {}
-        read = labels.parse_time(stats.get("read"))
         sample = CpuSample(at=time.monotonic(),
                            cpu_ns=int((cpu.get("cpu_usage") or {}).get("total_usage") or 0),
-                           system_ns=cpu.get("system_cpu_usage"),
-                           read_ns=int(read.timestamp() * 1e9) if read else None)
+                           system_ns=cpu.get("system_cpu_usage"))
         return sample, stats
 
     async def usage(self, sandbox_id: str) -> ResourceUsage:
@@ -533,6 +630,19 @@ class DockerRuntime(Runtime):
         return DockerFilesystem(self, sandbox_id, self._homes.get(sandbox_id, "/root"))
 
 
+async def _accepts(address: str, port: int) -> bool:
+    """Whether something accepts TCP connections at address:port (refused at once when
+    nothing listens; a silent host gets one second)."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
 def _with_expiry(spec: SandboxSpec, when: datetime | None) -> SandboxSpec:
     from dataclasses import replace
 
@@ -543,4 +653,4 @@ def _explain(error: APIError) -> str:
     return str(error.explanation or error).strip()
 
 
-__all__ = ["DockerRuntime", "HelperResult"]
+__all__ = ["DockerRuntime"]

@@ -6,10 +6,14 @@
 #
 #   sh tests/docker/build-images.sh            # needs root, docker, busybox-static, debootstrap
 #   DEBIAN_MIRROR=http://… sh tests/docker/build-images.sh
+#
+# With --python-base it also builds `opensandbox-test/python:3.11` (the Debian image plus
+# python3-venv), a local BASE_IMAGE for building the server's own Dockerfile in CI.
 set -eu
 
 BUSYBOX_IMAGE=opensandbox-test/busybox:1
 DEBIAN_IMAGE=opensandbox-test/debian:bookworm
+PYTHON_IMAGE=opensandbox-test/python:3.11
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 have_image() { docker image inspect "$1" >/dev/null 2>&1; }
@@ -61,4 +65,29 @@ else
       -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
       -c 'ENV LANG=C.UTF-8' - "$DEBIAN_IMAGE" >/dev/null
   echo "build-images: built $DEBIAN_IMAGE"
+fi
+
+if [ "${1:-}" = --python-base ]; then
+  if have_image "$PYTHON_IMAGE"; then
+    echo "build-images: $PYTHON_IMAGE exists"
+  else
+    mkdir -p "$work/python"
+    # This machine's CA bundle goes in too: where PyPI is reached through a TLS-inspecting
+    # proxy, pip inside the image must trust what the host trusts.
+    cp /etc/ssl/certs/ca-certificates.crt "$work/python/host-ca.crt" 2>/dev/null \
+        || : > "$work/python/host-ca.crt"
+    cat > "$work/python/Dockerfile" <<DOCKERFILE
+FROM $DEBIAN_IMAGE
+RUN apt-get update -qq \\
+    && apt-get install -y -qq --no-install-recommends python3-venv ca-certificates >/dev/null \\
+    && rm -rf /var/lib/apt/lists/*
+COPY host-ca.crt /tmp/host-ca.crt
+RUN if [ -s /tmp/host-ca.crt ]; then cp /tmp/host-ca.crt /etc/ssl/certs/ca-certificates.crt; fi \\
+    && rm /tmp/host-ca.crt
+ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+DOCKERFILE
+    DOCKER_BUILDKIT=0 docker build -q -t "$PYTHON_IMAGE" "$work/python" >"$work/build.log" 2>&1 \
+        || { cat "$work/build.log" >&2; exit 1; }
+    echo "build-images: built $PYTHON_IMAGE"
+  fi
 fi
