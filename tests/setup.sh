@@ -13,6 +13,9 @@ if ! command -v bwrap >/dev/null 2>&1; then
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+# The newest Python SDK, in a virtualenv of its own (tests/test_newer_sdks.py).
+[ -x .venv-sdk-next/bin/python ] || python3 -m venv .venv-sdk-next
+.venv-sdk-next/bin/python -m pip install -q --disable-pip-version-check 'opensandbox==1.1.1'
 if command -v npm >/dev/null 2>&1; then
   (cd tests/js && npm install --silent --no-audit --no-fund >/dev/null)
 else
