@@ -5,7 +5,9 @@ Run: `python benchmarks/docker.py [--samples 10] [--commands 30] [--image IMAGE]
 It starts its own server on the docker runtime (needs a Docker engine and the test images
 of `tests/docker/build-images.sh`) and measures, through the official Python SDK:
 - create -> ready: `Sandbox.create` until its health check (execd's /ping) passes;
-- the `echo hi` round trip: `commands.run("echo hi")` on a ready sandbox.
+- the `echo hi` round trip: `commands.run("echo hi")` on a ready sandbox; and again right
+  after a command that left a child running with its output (`sleep 300 &`), which the
+  engine used to make seconds slower (see runtimes/docker/processes.py).
 Beside each, in the same run, the same thing with the Docker CLI: `docker run -d` plus the
 first `docker exec … echo hi`, and a `docker exec … echo hi` alone. The CLI is the floor a
 user would compare with (it has no HTTP API, no SDK and no health check in its way).
@@ -110,6 +112,11 @@ def main() -> None:
 
         sdk_echo = measure(echo, args.commands, warmup=2)
         report("SDK commands.run('echo hi')", sdk_echo, cli_echo)
+        after_child = []
+        for _ in range(max(3, args.commands // 5)):
+            sandbox.commands.run("sleep 300 &")
+            after_child.append(measure(echo, 1)[0])
+        report("SDK run('echo hi') after `sleep 300 &`", after_child, cli_echo)
         for made in sandboxes:
             made.kill()
             made.close()

@@ -4,6 +4,12 @@
 starts another with config overrides, e.g. `start_server(execd={"access_token": True})`.
 Each server runs `python -m server` on ports the kernel picks, and is stopped (and checked
 to leave no sandbox process behind) at the end.
+
+Both runtimes: `execd_server` is the session server of the fake runtime, then of the docker
+runtime (ids `fake` and `docker`). A module whose behaviour must hold on both overrides
+`server` with it (see `tests/test_commands.py`); `server.image` is an image that runtime
+can run, and `create_body(server)` uses it. `start_server(like=server, ...)` starts a
+custom-config server on the same runtime.
 """
 
 from __future__ import annotations
@@ -55,6 +61,11 @@ class ServerProcess:
     config_path: Path
     state_dir: Path
     output: list[str]
+    runtime: str = "fake"
+    # An image this server's runtime can run, with sh, bash, python3 and coreutils: the fake
+    # runtime ignores the name (its sandboxes see the host's /usr); the docker one needs a
+    # local image (tests/docker/build-images.sh).
+    image: str = "python:3.11"
 
     @property
     def url(self) -> str:
@@ -112,8 +123,10 @@ def launch(sections: dict[str, dict[str, Any]], workdir: Path) -> ServerProcess:
     if match is None:
         process.kill()
         raise RuntimeError("server did not start:\n" + "".join(output))
+    runtime = str(merged.get("runtime", {}).get("type", "fake"))
     server = ServerProcess(process, match.group(1), int(match.group(2)), int(match.group(3)),
-                           config_path, Path(merged["fake"]["state_dir"]), output)
+                           config_path, Path(merged["fake"]["state_dir"]), output, runtime,
+                           DOCKER_DEBIAN_IMAGE if runtime == "docker" else "python:3.11")
     # Keep draining output so the server never blocks on a full pipe.
     import threading
 
@@ -141,12 +154,42 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     running.stop()
 
 
+RUNTIMES = ("fake", "docker")
+
+
+@pytest.fixture(scope="session", params=RUNTIMES, ids=RUNTIMES)
+def execd_server(request: pytest.FixtureRequest) -> ServerProcess:
+    """The session server of each runtime in turn: `server` (fake), then `docker_server`
+    (skipped without an engine, failed with OPENSANDBOX_REQUIRE_DOCKER=1)."""
+    name = "docker_server" if request.param == "docker" else "server"
+    return request.getfixturevalue(name)  # type: ignore[no-any-return]
+
+
+def fake_only(server: ServerProcess, reason: str) -> None:
+    """Skip the calling test on any runtime but the fake one, saying why it cannot hold
+    there (kept for checks that only exist on the fake runtime)."""
+    if server.runtime != "fake":
+        pytest.skip(f"fake runtime only: {reason}")
+
+
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """`start_server(**sections)`: a server with config overrides, stopped at the end of
+    the test. `like=server` puts it on `server`'s runtime (docker: its own instance label,
+    and its containers removed at the end)."""
     started: list[ServerProcess] = []
+    instances: list[str] = []
 
-    def start(**sections: dict[str, Any]) -> ServerProcess:
+    def start(*, like: ServerProcess | None = None,
+              **sections: dict[str, Any]) -> ServerProcess:
         workdir = Path(tempfile.mkdtemp(dir=tmp_path))
+        if like is not None and like.runtime == "docker":
+            require_docker()
+            merged = docker_sections(workdir)
+            for section, values in sections.items():
+                merged.setdefault(section, {}).update(values)
+            instances.append(merged["docker"]["instance"])
+            sections = merged
         running = launch(sections, workdir)
         started.append(running)
         return running
@@ -154,6 +197,8 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield start
     for running in started:
         running.stop()
+    for instance in instances:
+        remove_docker_sandboxes(instance)
 
 
 @pytest.fixture
@@ -162,8 +207,11 @@ def http(server: ServerProcess) -> Iterator[httpx.Client]:
         yield client
 
 
-def create_body(**overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"image": {"uri": "python:3.11"}, "timeout": 600,
+def create_body(server: ServerProcess | None = None, /, **overrides: Any) -> dict[str, Any]:
+    """A create request for a sandbox that stays up; with `server`, of an image that
+    server's runtime can run."""
+    image = server.image if server is not None else "python:3.11"
+    body: dict[str, Any] = {"image": {"uri": image}, "timeout": 600,
                             "resourceLimits": {"cpu": "1", "memory": "1Gi"},
                             "entrypoint": ["tail", "-f", "/dev/null"]}
     body.update(overrides)
@@ -171,9 +219,9 @@ def create_body(**overrides: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def sandbox_id(http: httpx.Client) -> Iterator[str]:
+def sandbox_id(server: ServerProcess, http: httpx.Client) -> Iterator[str]:
     """A fresh running sandbox, deleted afterwards."""
-    response = http.post("/v1/sandboxes", json=create_body())
+    response = http.post("/v1/sandboxes", json=create_body(server))
     assert response.status_code == 202, response.text
     created = response.json()["id"]
     yield created
@@ -221,20 +269,6 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
         if time.monotonic() > deadline:
             pytest.fail(f"gave up waiting for {what}")
         time.sleep(0.05)
-
-
-@pytest.fixture
-def code_server(server: ServerProcess) -> ServerProcess:
-    """The server the code-interpreting tests (HTTP and SDK) run against: override it to
-    run them on another runtime."""
-    return server
-
-
-@pytest.fixture
-def code_image() -> str:
-    """The image of the code-interpreting tests' sandboxes: it must have python3, bash and
-    sh. Override it together with `code_server`."""
-    return "python:3.11"
 
 
 # --- the docker runtime ------------------------------------------------------------------------

@@ -3,7 +3,10 @@
 Every path into a sandbox is exercised the same way: the gateway by URI, the gateway by the
 `OpenSandbox-Ingress-To` header, and the server proxy route at the root and under `/v1`.
 Application ports are served by `tests/helpers/sandbox_app.py` (or `python3 -m http.server`)
-running inside a real bubblewrap sandbox.
+running inside a real sandbox. The application-port tests (those on `app_server`) run on both
+runtimes: `[fake]`, a bubblewrap sandbox on the host's network, and `[docker]`, a container
+reached at its bridge address (or, for an application bound to the container's loopback,
+through the runtime's relay). The rest test the access layer itself, on the fake runtime.
 """
 
 from __future__ import annotations
@@ -105,13 +108,26 @@ def wait_for_state(client: httpx.Client, sandbox_id: str, state: str) -> None:
 # --- fixtures --------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="session")
+def app_server(execd_server: ServerProcess) -> ServerProcess:
+    """The server of the application-port tests: each runs on both runtimes."""
+    return execd_server
+
+
+@pytest.fixture
+def app_http(app_server: ServerProcess) -> Iterator[httpx.Client]:
+    with app_server.client() as client:
+        yield client
+
+
 @pytest.fixture(scope="module")
-def app(server: ServerProcess) -> Iterator[tuple[str, int]]:
-    """(sandbox id, port) of a sandbox running the helper app server, shared by the module."""
+def app(app_server: ServerProcess) -> Iterator[tuple[str, int]]:
+    """(sandbox id, port) of a sandbox running the helper app server, shared by the module's
+    tests on the same runtime."""
     port = free_port()
-    with server.client() as client:
-        sandbox_id = start_sandbox(client, app_sandbox_body(port))
-        wait_until_served(f"{server.gateway_url}/{sandbox_id}/{port}/echo")
+    with app_server.client() as client:
+        sandbox_id = start_sandbox(client, app_sandbox_body(port, image=app_server.image))
+        wait_until_served(f"{app_server.gateway_url}/{sandbox_id}/{port}/echo")
         yield sandbox_id, port
         client.delete(f"/v1/sandboxes/{sandbox_id}")
 
@@ -271,9 +287,9 @@ def test_execd_token_rules(token_server: ServerProcess) -> None:
 
 
 @pytest.mark.parametrize("kind", ROUTES)
-def test_query_string_and_encoded_path_are_forwarded(server: ServerProcess,
+def test_query_string_and_encoded_path_are_forwarded(app_server: ServerProcess,
                                                      app: tuple[str, int], kind: str) -> None:
-    base, headers = route(server, *app, kind)
+    base, headers = route(app_server, *app, kind)
     for target in ("/echo?path=/tmp/a%20b&x=1&x=2", "/echo/a%20b%3Fc%2Fd?q=%26&r=%2F",
                    "/echo/", "/echo//double/"):
         status, _, body = raw_request(base + target, headers=headers)
@@ -283,8 +299,8 @@ def test_query_string_and_encoded_path_are_forwarded(server: ServerProcess,
 
 @pytest.mark.parametrize("kind", ROUTES)
 def test_request_headers_forwarded_with_hop_by_hop_and_api_key_dropped(
-        server: ServerProcess, app: tuple[str, int], kind: str) -> None:
-    base, headers = route(server, *app, kind)
+        app_server: ServerProcess, app: tuple[str, int], kind: str) -> None:
+    base, headers = route(app_server, *app, kind)
     sent = {**headers, "Connection": "keep-alive, X-Hop", "X-Hop": "drop me",
             "Keep-Alive": "timeout=5", "TE": "trailers", "Proxy-Authorization": "Basic eA==",
             "OPEN-SANDBOX-API-KEY": "secret-key", "X-Custom": "kept",
@@ -302,7 +318,7 @@ def test_request_headers_forwarded_with_hop_by_hop_and_api_key_dropped(
     assert received["x-custom"] == ["kept"]
     assert received["x-forwarded-for"] == ["10.1.2.3, 127.0.0.1"]
     assert received["x-forwarded-proto"] == ["http"]
-    front_port = server.gateway_port if kind.startswith("gateway") else server.port
+    front_port = app_server.gateway_port if kind.startswith("gateway") else app_server.port
     assert received["x-forwarded-host"] == [f"127.0.0.1:{front_port}"]
     # Nothing the client did not send: no user agent, no Accept-Encoding of our own.
     for added in ("user-agent", "accept-encoding", "accept"):
@@ -312,8 +328,8 @@ def test_request_headers_forwarded_with_hop_by_hop_and_api_key_dropped(
 
 @pytest.mark.parametrize("kind", ROUTES)
 def test_response_headers_drop_hop_by_hop_and_are_not_doubled(
-        server: ServerProcess, app: tuple[str, int], kind: str) -> None:
-    base, headers = route(server, *app, kind)
+        app_server: ServerProcess, app: tuple[str, int], kind: str) -> None:
+    base, headers = route(app_server, *app, kind)
     status, response_headers, _ = raw_request(base + "/echo?hop=1", headers=headers)
     assert status == 200
     names = [k.lower() for k, _ in response_headers]
@@ -326,8 +342,8 @@ def test_response_headers_drop_hop_by_hop_and_are_not_doubled(
 
 
 @pytest.mark.parametrize("kind", ROUTES)
-def test_framing_is_kept(server: ServerProcess, app: tuple[str, int], kind: str) -> None:
-    base, headers = route(server, *app, kind)
+def test_framing_is_kept(app_server: ServerProcess, app: tuple[str, int], kind: str) -> None:
+    base, headers = route(app_server, *app, kind)
     status, fixed_headers, body = raw_request(base + "/fixed?size=300000", headers=headers)
     assert status == 200 and body == b"x" * 300000
     assert header_values(fixed_headers, "content-length") == ["300000"]
@@ -339,11 +355,11 @@ def test_framing_is_kept(server: ServerProcess, app: tuple[str, int], kind: str)
 
 
 @pytest.mark.parametrize("kind", ROUTES)
-def test_stream_reaches_the_client_before_it_ends(server: ServerProcess, app: tuple[str, int],
+def test_stream_reaches_the_client_before_it_ends(app_server: ServerProcess, app: tuple[str, int],
                                                   kind: str) -> None:
     """The app holds its stream open until told to finish; told only once the client has
     the first chunk. A buffering proxy would deliver nothing until the app's 20 s limit."""
-    base, headers = route(server, *app, kind)
+    base, headers = route(app_server, *app, kind)
     gate = uuid.uuid4().hex
     with httpx.stream("GET", f"{base}/gate?id={gate}", headers=headers, timeout=30) as response:
         chunks = response.iter_bytes()
@@ -355,9 +371,9 @@ def test_stream_reaches_the_client_before_it_ends(server: ServerProcess, app: tu
 
 
 @pytest.mark.parametrize("kind", ["gateway-uri", "proxy"])
-def test_client_leaving_a_stream_closes_it_upstream(server: ServerProcess,
+def test_client_leaving_a_stream_closes_it_upstream(app_server: ServerProcess,
                                                     app: tuple[str, int], kind: str) -> None:
-    base, headers = route(server, *app, kind)
+    base, headers = route(app_server, *app, kind)
     name = uuid.uuid4().hex
     with httpx.stream("GET", f"{base}/forever?id={name}", headers=headers,
                       timeout=30) as response:
@@ -367,13 +383,13 @@ def test_client_leaving_a_stream_closes_it_upstream(server: ServerProcess,
     deadline = time.monotonic() + 10
     while name in httpx.get(f"{base}/open", headers=headers).json():
         assert time.monotonic() < deadline, ("the upstream stream outlived its client:\n"
-                                             + "".join(server.output[-30:]))
+                                             + "".join(app_server.output[-30:]))
         time.sleep(0.05)
 
 
 @pytest.mark.parametrize("kind", ["gateway-uri", "proxy-v1"])
-def test_uploads_stream_through(server: ServerProcess, app: tuple[str, int], kind: str) -> None:
-    base, headers = route(server, *app, kind)
+def test_uploads_stream_through(app_server: ServerProcess, app: tuple[str, int], kind: str) -> None:
+    base, headers = route(app_server, *app, kind)
     block = os.urandom(1 << 20)
     digest = hashlib.sha256(block * 8).hexdigest()
 
@@ -394,11 +410,11 @@ def test_uploads_stream_through(server: ServerProcess, app: tuple[str, int], kin
 
 
 @pytest.mark.parametrize("kind", ["gateway-uri", "proxy"])
-def test_many_open_streams_do_not_starve_other_requests(server: ServerProcess,
+def test_many_open_streams_do_not_starve_other_requests(app_server: ServerProcess,
                                                         app: tuple[str, int], kind: str) -> None:
     """More long-lived streams than a default connection pool holds (100) stay open, each
     gets its first chunk, and a plain request still goes through."""
-    base, headers = route(server, *app, kind)
+    base, headers = route(app_server, *app, kind)
     url = httpx.URL(base)
     names = [uuid.uuid4().hex for _ in range(110)]
     sockets = []
@@ -426,10 +442,10 @@ def test_many_open_streams_do_not_starve_other_requests(server: ServerProcess,
             sock.close()
 
 
-def test_proxy_route_shapes_and_methods(server: ServerProcess, app: tuple[str, int]) -> None:
+def test_proxy_route_shapes_and_methods(app_server: ServerProcess, app: tuple[str, int]) -> None:
     sandbox_id, port = app
     for prefix in ("", "/v1"):
-        base = f"{server.url}{prefix}/sandboxes/{sandbox_id}/proxy/{port}"
+        base = f"{app_server.url}{prefix}/sandboxes/{sandbox_id}/proxy/{port}"
         for suffix, seen in (("", "/"), ("/", "/"), ("/echo", "/echo"), ("/echo/x/y", "/echo/x/y")):
             response = httpx.get(base + suffix)
             assert response.status_code == 200, (suffix, response.text)
@@ -444,24 +460,27 @@ def test_proxy_route_shapes_and_methods(server: ServerProcess, app: tuple[str, i
         assert head.content == b""
         assert head.headers["content-length"] == get.headers["content-length"] == "1234"
     # A port glued to more characters is not the proxy route.
-    response = httpx.get(f"{server.url}/sandboxes/{sandbox_id}/proxy/{port}abc")
+    response = httpx.get(f"{app_server.url}/sandboxes/{sandbox_id}/proxy/{port}abc")
     assert_error(response, 404)
 
 
-def test_http_server_entrypoint_serves_a_file(server: ServerProcess) -> None:
-    """The issue's recipe: a sandbox whose entrypoint is `python3 -m http.server <port>`."""
+@pytest.mark.parametrize("bind", ["127.0.0.1", "0.0.0.0"])
+def test_http_server_entrypoint_serves_a_file(app_server: ServerProcess, bind: str) -> None:
+    """The issue's recipe: a sandbox whose entrypoint is `python3 -m http.server <port>`,
+    listening on the sandbox's loopback only or on every interface."""
     port = free_port()
     content = os.urandom(300_000)
-    with tempfile.TemporaryDirectory() as directory, server.client() as client:
+    with tempfile.TemporaryDirectory() as directory, app_server.client() as client:
         Path(directory, "data.bin").write_bytes(content)
-        body = create_body(entrypoint=["python3", "-m", "http.server", str(port),
-                                       "--bind", "127.0.0.1", "--directory", "/srv/data"],
+        body = create_body(app_server,
+                           entrypoint=["python3", "-m", "http.server", str(port),
+                                       "--bind", bind, "--directory", "/srv/data"],
                            volumes=[host_volume("data", directory, "/srv/data")])
         sandbox_id = start_sandbox(client, body)
         try:
-            wait_until_served(f"{server.gateway_url}/{sandbox_id}/{port}/")
+            wait_until_served(f"{app_server.gateway_url}/{sandbox_id}/{port}/")
             for kind in ROUTES:
-                base, headers = route(server, sandbox_id, port, kind)
+                base, headers = route(app_server, sandbox_id, port, kind)
                 response = httpx.get(base + "/data.bin", headers=headers)
                 assert response.status_code == 200, (kind, response.text)
                 assert response.content == content
@@ -478,8 +497,8 @@ def test_http_server_entrypoint_serves_a_file(server: ServerProcess) -> None:
 
 
 @pytest.mark.parametrize("kind", ROUTES)
-def test_websocket_echo(server: ServerProcess, app: tuple[str, int], kind: str) -> None:
-    base, headers = route(server, *app, kind)
+def test_websocket_echo(app_server: ServerProcess, app: tuple[str, int], kind: str) -> None:
+    base, headers = route(app_server, *app, kind)
     big = os.urandom(200_000)
     sent = {**headers, "OPEN-SANDBOX-API-KEY": "secret-key", "X-Custom": "kept"}
     target = "/ws?hello=1&p=a%2Fb"
@@ -489,6 +508,7 @@ def test_websocket_echo(server: ServerProcess, app: tuple[str, int], kind: str) 
         hello = json.loads(ws.recv(timeout=10))
         assert hello["path"] == target
         received = {k.lower(): v for k, v in hello["headers"]}
+        assert received["host"] == f"127.0.0.1:{app[1]}"
         assert received["x-custom"] == "kept"
         assert received["x-forwarded-proto"] == "http"
         assert received["x-forwarded-for"] == "127.0.0.1"
@@ -502,9 +522,9 @@ def test_websocket_echo(server: ServerProcess, app: tuple[str, int], kind: str) 
 
 
 @pytest.mark.parametrize("kind", ["gateway-header", "proxy"])
-def test_websocket_refused_by_the_app_is_passed_on(server: ServerProcess, app: tuple[str, int],
+def test_websocket_refused_by_the_app_is_passed_on(app_server: ServerProcess, app: tuple[str, int],
                                                    kind: str) -> None:
-    base, headers = route(server, *app, kind)
+    base, headers = route(app_server, *app, kind)
     with pytest.raises(InvalidStatus) as rejected:
         ws_connect(ws_url(base) + "/not-ws", additional_headers=headers, open_timeout=10)
     assert rejected.value.response.status_code == 403
@@ -527,9 +547,9 @@ def test_unknown_sandbox_is_404(server: ServerProcess, kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ROUTES)
-def test_port_where_nothing_listens_is_502(server: ServerProcess, sandbox_id: str,
+def test_port_where_nothing_listens_is_502(app_server: ServerProcess, app: tuple[str, int],
                                            kind: str) -> None:
-    base, headers = route(server, sandbox_id, free_port(), kind)
+    base, headers = route(app_server, app[0], free_port(), kind)
     body = assert_error(httpx.get(base + "/anything?x=1", headers=headers), 502)
     assert "listening" in body["message"]
     with pytest.raises(InvalidStatus) as rejected:
@@ -547,31 +567,31 @@ def test_bad_routes_and_ports(server: ServerProcess, sandbox_id: str) -> None:
                      "PORT")
 
 
-def test_paused_sandbox_answers_503_until_resumed(server: ServerProcess,
-                                                  http: httpx.Client) -> None:
+def test_paused_sandbox_answers_503_until_resumed(app_server: ServerProcess,
+                                                  app_http: httpx.Client) -> None:
     port = free_port()
-    sandbox_id = start_sandbox(http, app_sandbox_body(port))
+    sandbox_id = start_sandbox(app_http, app_sandbox_body(port, image=app_server.image))
     try:
-        wait_until_served(f"{server.gateway_url}/{sandbox_id}/{port}/echo")
-        assert http.post(f"/v1/sandboxes/{sandbox_id}/pause").status_code == 202
+        wait_until_served(f"{app_server.gateway_url}/{sandbox_id}/{port}/echo")
+        assert app_http.post(f"/v1/sandboxes/{sandbox_id}/pause").status_code == 202
         for kind in ROUTES:
             for target_port, path in ((EXECD, "/ping"), (port, "/echo")):
-                base, headers = route(server, sandbox_id, target_port, kind)
+                base, headers = route(app_server, sandbox_id, target_port, kind)
                 body = assert_error(httpx.get(base + path, headers=headers), 503, "PAUSED")
                 assert "resume" in body["message"]
-        wait_for_state(http, sandbox_id, "Paused")
-        base, headers = route(server, sandbox_id, port, "proxy")
+        wait_for_state(app_http, sandbox_id, "Paused")
+        base, headers = route(app_server, sandbox_id, port, "proxy")
         with pytest.raises(InvalidStatus) as rejected:
             ws_connect(ws_url(base) + "/ws", open_timeout=10)
         assert rejected.value.response.status_code == 503
-        assert http.post(f"/v1/sandboxes/{sandbox_id}/resume").status_code == 202
+        assert app_http.post(f"/v1/sandboxes/{sandbox_id}/resume").status_code == 202
         for kind in ROUTES:
             for target_port, path in ((EXECD, "/ping"), (port, "/echo")):
-                base, headers = route(server, sandbox_id, target_port, kind)
+                base, headers = route(app_server, sandbox_id, target_port, kind)
                 response = httpx.get(base + path, headers=headers, timeout=20)
                 assert response.status_code == 200, (kind, path, response.text)
     finally:
-        http.delete(f"/v1/sandboxes/{sandbox_id}")
+        app_http.delete(f"/v1/sandboxes/{sandbox_id}")
 
 
 def test_sandbox_whose_entrypoint_ended_is_not_reachable(server: ServerProcess,
@@ -597,13 +617,13 @@ def test_deleted_sandbox_is_404(server: ServerProcess, http: httpx.Client) -> No
             assert_error(httpx.get(base + "/ping", headers=headers), 404, "NOT_FOUND")
 
 
-def test_stream_cut_by_deleting_the_sandbox_is_not_a_clean_end(server: ServerProcess,
-                                                               http: httpx.Client) -> None:
+def test_stream_cut_by_deleting_the_sandbox_is_not_a_clean_end(app_server: ServerProcess,
+                                                               app_http: httpx.Client) -> None:
     """A stream must not outlive the sandbox it reads from, and a stream cut short upstream
     must not look complete downstream (no final chunk)."""
     port = free_port()
-    sandbox_id = start_sandbox(http, app_sandbox_body(port))
-    base, _ = route(server, sandbox_id, port, "proxy")
+    sandbox_id = start_sandbox(app_http, app_sandbox_body(port, image=app_server.image))
+    base, _ = route(app_server, sandbox_id, port, "proxy")
     wait_until_served(base + "/echo")
     deleted = threading.Event()
     cut = False
@@ -612,7 +632,7 @@ def test_stream_cut_by_deleting_the_sandbox_is_not_a_clean_end(server: ServerPro
         assert next(chunks).startswith(b"tick")
 
         def delete() -> None:
-            http.delete(f"/v1/sandboxes/{sandbox_id}")
+            app_http.delete(f"/v1/sandboxes/{sandbox_id}")
             deleted.set()
 
         threading.Thread(target=delete, daemon=True).start()

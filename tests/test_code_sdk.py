@@ -1,8 +1,8 @@
 """Code interpreting through the official SDK (`opensandbox-code-interpreter==0.1.1` on
 `opensandbox==0.1.5`), unmodified, against a real server.
 
-The server comes from the `code_server` fixture and the image from `code_image` (both in
-conftest.py), so the module can be run against another runtime by overriding those two.
+Every test runs on both runtimes (`[fake]` and `[docker]`, see `execd_server` in
+conftest.py), in sandboxes of `server.image`.
 """
 
 from __future__ import annotations
@@ -24,16 +24,21 @@ from tests.conftest import ServerProcess
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(scope="session")
+def server(execd_server: ServerProcess) -> ServerProcess:
+    """Every test of this module runs on both runtimes."""
+    return execd_server
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
 
 
 @pytest.fixture
-async def interpreter(code_server: ServerProcess,
-                      code_image: str) -> AsyncIterator[CodeInterpreter]:
-    config = ConnectionConfig(domain=code_server.domain, request_timeout=timedelta(seconds=60))
-    sandbox = await Sandbox.create(code_image, connection_config=config,
+async def interpreter(server: ServerProcess) -> AsyncIterator[CodeInterpreter]:
+    config = ConnectionConfig(domain=server.domain, request_timeout=timedelta(seconds=60))
+    sandbox = await Sandbox.create(server.image, connection_config=config,
                                    entrypoint=["tail", "-f", "/dev/null"])
     try:
         yield await CodeInterpreter.create(sandbox)

@@ -1,15 +1,19 @@
 """execd commands over raw HTTP: framing, pings, output, timeouts, interrupt, status, logs.
 
-Every request goes through the gateway to the embedded execd of a real sandbox (bubblewrap),
-so the byte framing checked here is what an SDK receives.
+Every request goes through the gateway to the embedded execd of a real sandbox, so the byte
+framing checked here is what an SDK receives. Every test runs on both runtimes (`[fake]`:
+bubblewrap, `[docker]`: a container of the Debian test image), and checks what happened
+to processes from inside the sandbox, where both runtimes look the same.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import time
+import uuid
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -17,8 +21,22 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess, create_body, execd_url, no_leftover_processes
+from tests.conftest import (
+    ServerProcess,
+    create_body,
+    execd_url,
+    fake_only,
+    no_leftover_processes,
+    wait_for,
+)
 from tests.helpers.frames import HEX32, split_frames
+
+
+@pytest.fixture(scope="session")
+def server(execd_server: ServerProcess) -> ServerProcess:
+    """Every test of this module runs on both runtimes."""
+    return execd_server
+
 
 # --- helpers ---------------------------------------------------------------------------
 
@@ -123,31 +141,58 @@ def output_of(base: str, command: str) -> list[str]:
     return texts(events)
 
 
-def process_alive(pid: int) -> bool:
-    """A live (not zombie) process on this host; sandboxes share its pid namespace."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] != "Z"
+# `alive <pid>`: whether the sandbox sees a live (not zombie) process of that pid.
+ALIVE = ("alive() { s=$(sed 's/.*) //' /proc/$1/stat 2>/dev/null | cut -c1); "
+         '[ -n "$s" ] && [ "$s" != Z ]; }; ')
 
 
-def process_state(pid: int) -> str:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat[stat.rfind(")") + 2]
+def process_alive(base: str, pid: int) -> bool:
+    """Whether `pid` is a live process, as the sandbox itself sees it."""
+    return output_of(base, ALIVE + f"alive {pid} && echo alive || echo gone") == ["alive"]
 
 
-def wait_gone(pid: int, *, limit: float = 10) -> bool:
-    deadline = time.monotonic() + limit
+def wait_gone(base: str, pid: int) -> bool:
+    """Whether `pid` dies (within 10 s, polled inside the sandbox)."""
+    lines = output_of(base, ALIVE + f"for i in $(seq 1 200); do alive {pid} || "
+                                    "{ echo gone; exit 0; }; sleep 0.05; done; echo alive")
+    return lines == ["gone"]
+
+
+def host_pid_gone(pid: int) -> bool:
+    """Whether host process `pid` ends (within 10 s): for the fake runtime only, whose
+    sandboxes share the host's pid namespace."""
+    deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        if not process_alive(pid):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return True
+        if stat[stat.rfind(")") + 2] == "Z":
             return True
         time.sleep(0.05)
     return False
 
 
+def host_processes_mentioning(marker: str) -> list[str]:
+    """Command lines of live processes on this host holding `marker`. A sandbox's processes
+    are processes of this host on both runtimes (the docker engine is local), and a marker
+    in their argv finds them after the sandbox itself is gone."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            state = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if marker.encode() in cmdline and state[state.rfind(")") + 2] != "Z":
+            found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
 def new_sandbox(server: ServerProcess, **overrides: Any) -> str:
-    response = httpx.post(f"{server.url}/v1/sandboxes", json=create_body(**overrides),
+    response = httpx.post(f"{server.url}/v1/sandboxes", json=create_body(server, **overrides),
                           timeout=30)
     assert response.status_code == 202, response.text
     return str(response.json()["id"])
@@ -333,7 +378,7 @@ def test_timeout_kills_the_whole_process_group(base: str) -> None:
     current = status(base, events[0]["text"])
     assert current["exit_code"] == -1 and current["error"] == "signal: killed"
     child = int(output_of(base, "cat /tmp/child.pid")[0])
-    assert wait_gone(child), "the command's child survived its timeout"
+    assert wait_gone(base, child), "the command's child survived its timeout"
 
 
 def test_interrupt_terminates_a_foreground_command(base: str) -> None:
@@ -354,6 +399,25 @@ def test_interrupt_terminates_a_foreground_command(base: str) -> None:
     assert current["exit_code"] == -1 and current["error"] == "signal: terminated"
     again = httpx.delete(f"{base}/command", params={"id": command_id})
     assert again.status_code == 200 and again.content == b""
+
+
+def test_a_command_that_handles_the_interrupt_finishes_its_way(base: str) -> None:
+    reader = EventReader(base, {"command": "trap 'echo cleaning up; exit 5' TERM; "
+                                           "echo started; sleep 60 & wait"})
+    try:
+        command_id = reader.until("init")["text"]
+        reader.until("stdout")
+        assert httpx.delete(f"{base}/command", params={"id": command_id},
+                            timeout=30).status_code == 200
+        rest = [e for e in reader.rest() if e["type"] != "ping"]
+    finally:
+        reader.close()
+    # What it writes while it handles the signal still arrives, and its own exit status
+    # counts (upstream signals the shell and reports how it ended).
+    assert texts(rest) == ["cleaning up"]
+    assert rest[-1]["error"] == {"ename": "CommandExecError", "evalue": "5",
+                                 "traceback": ["exit status 5"]}
+    assert status(base, command_id)["exit_code"] == 5
 
 
 def test_client_disconnect_does_not_stop_the_command(base: str) -> None:
@@ -430,17 +494,19 @@ def test_background_leaves_what_it_started_on_purpose_running(
         server: ServerProcess, http: httpx.Client) -> None:
     sandbox = new_sandbox(server)
     base = execd_url(server, sandbox)
-    command_id = start_background(base, "sleep 60 & echo $! > /tmp/kept.pid")
+    marker = f"osb-kept-{uuid.uuid4().hex}"
+    command_id = start_background(base, f"sh -c 'sleep 60; :' {marker} & "
+                                        "echo $! > /tmp/kept.pid")
     assert wait_finished(base, command_id)["exit_code"] == 0
     kept = int(output_of(base, "cat /tmp/kept.pid")[0])
-    assert process_alive(kept)
+    assert process_alive(base, kept)
     # Deleting the sandbox kills everything, commands' children included.
-    long_running = start_background(base, "echo $$ > /tmp/main.pid; sleep 60")
+    long_running = start_background(base, f"echo $$ > /tmp/main.pid; sleep 60; : {marker}")
     assert long_running
-    main = int(output_of(base, "while [ ! -s /tmp/main.pid ]; do sleep 0.02; done; "
-                               "cat /tmp/main.pid")[0])
+    output_of(base, "while [ ! -s /tmp/main.pid ]; do sleep 0.02; done")
+    assert len(host_processes_mentioning(marker)) >= 2
     assert http.delete(f"/v1/sandboxes/{sandbox}").status_code == 204
-    assert wait_gone(kept) and wait_gone(main)
+    wait_for(lambda: not host_processes_mentioning(marker), "the sandbox's processes to end")
 
 
 def test_deleting_a_sandbox_ends_its_open_streams(server: ServerProcess,
@@ -461,24 +527,32 @@ def test_pause_freezes_commands_and_timeouts_still_fire(server: ServerProcess,
                                                          http: httpx.Client) -> None:
     sandbox = new_sandbox(server)
     base = execd_url(server, sandbox)
+
+    def ticks() -> list[float]:
+        return [float(t) for t in output_of(base, "cat /tmp/ticks")]
+
     try:
-        start_background(base, "echo $$ > /tmp/loop.pid; while true; do sleep 0.05; done")
-        pid = int(output_of(base, "while [ ! -s /tmp/loop.pid ]; do sleep 0.02; done; "
-                                  "cat /tmp/loop.pid")[0])
+        # A clock inside the sandbox: one line of wall time every 50 ms (the sandbox and
+        # the test share the host's clock).
+        start_background(base, "while true; do date +%s.%N >> /tmp/ticks; sleep 0.05; done")
+        wait_for(lambda: output_of(base, "test -s /tmp/ticks && echo yes"), "the first tick")
         reader = EventReader(base, {"command": "sleep 60", "timeout": 1500})
         try:
             command_id = reader.until("init")["text"]
             assert http.post(f"/v1/sandboxes/{sandbox}/pause").status_code == 202
             wait_state(server, sandbox, "Paused")
-            assert process_state(pid) == "T"
+            frozen_from = time.time()
             # Decision: a paused sandbox's command timeouts keep counting and fire.
             last = [e for e in reader.rest() if e["type"] != "ping"]
             assert last[-1]["error"]["traceback"] == ["signal: killed"]
+            frozen_until = time.time()
         finally:
             reader.close()
         assert http.post(f"/v1/sandboxes/{sandbox}/resume").status_code == 202
         wait_state(server, sandbox, "Running")
-        assert process_state(pid) != "T"
+        # The clock went on after the resume, and stood still while the sandbox was paused.
+        wait_for(lambda: max(ticks()) > frozen_until, "a tick after the resume")
+        assert [t for t in ticks() if frozen_from < t < frozen_until] == []
         assert status(base, command_id)["error"] == "signal: killed"
     finally:
         http.delete(f"/v1/sandboxes/{sandbox}")
@@ -487,8 +561,10 @@ def test_pause_freezes_commands_and_timeouts_still_fire(server: ServerProcess,
 # --- bounded logs and retention -------------------------------------------------------------
 
 
-def test_log_buffer_drops_old_bytes_and_says_so(start_server: Any) -> None:
-    small = start_server(execd={"log_buffer_bytes": 4096, "max_finished_commands": 3})
+def test_log_buffer_drops_old_bytes_and_says_so(server: ServerProcess,
+                                               start_server: Any) -> None:
+    small = start_server(like=server,
+                         execd={"log_buffer_bytes": 4096, "max_finished_commands": 3})
     sandbox = new_sandbox(small)
     base = execd_url(small, sandbox)
     expected = "".join(f"{i}\n" for i in range(1, 20001)).encode()
@@ -512,8 +588,9 @@ def test_log_buffer_drops_old_bytes_and_says_so(start_server: Any) -> None:
     assert all(status(base, c)["exit_code"] == 0 for c in newer)
 
 
-def test_finished_commands_are_forgotten_after_their_ttl(start_server: Any) -> None:
-    short = start_server(execd={"finished_command_ttl_seconds": 1})
+def test_finished_commands_are_forgotten_after_their_ttl(server: ServerProcess,
+                                                        start_server: Any) -> None:
+    short = start_server(like=server, execd={"finished_command_ttl_seconds": 1})
     base = execd_url(short, new_sandbox(short))
     command_id = start_background(base, "true")
     wait_finished(base, command_id)
@@ -575,7 +652,10 @@ def test_50_commands_at_once_across_10_sandboxes(server: ServerProcess,
             http.delete(f"/v1/sandboxes/{sandbox}")
 
 
-def test_stopping_the_server_leaves_no_process_behind(start_server: Any) -> None:
+def test_stopping_the_server_leaves_no_process_behind(server: ServerProcess,
+                                                     start_server: Any) -> None:
+    fake_only(server, "docker sandboxes outlive the server on purpose (a restarted server "
+                      "adopts them: test_docker.py::test_sandboxes_survive_a_server_restart)")
     own = start_server()
     base = execd_url(own, new_sandbox(own))
     start_background(base, "sleep 100 & echo $! > /tmp/child.pid; echo $$ > /tmp/main.pid; "
@@ -583,8 +663,8 @@ def test_stopping_the_server_leaves_no_process_behind(start_server: Any) -> None
     pids = [int(p) for p in output_of(
         base, "while [ ! -s /tmp/main.pid ]; do sleep 0.02; done; cat /tmp/child.pid "
               "/tmp/main.pid")]
-    assert len(pids) == 2 and all(process_alive(pid) for pid in pids)
+    assert len(pids) == 2 and all(process_alive(base, pid) for pid in pids)
     own.stop()
     assert own.process.returncode is not None
-    assert all(wait_gone(pid) for pid in pids)
+    assert all(host_pid_gone(pid) for pid in pids)
     assert no_leftover_processes(own.state_dir) == []

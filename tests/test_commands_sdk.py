@@ -2,7 +2,7 @@
 and the JS `@alibaba-group/opensandbox` (driven with node by tests/js/commands.mjs).
 
 Each Python scenario runs in its own event loop (the SDK's HTTP clients belong to one), on
-a sandbox made with `Sandbox.create` and its health check.
+a sandbox made with `Sandbox.create` and its health check. Every test runs on both runtimes.
 """
 
 from __future__ import annotations
@@ -26,10 +26,16 @@ from tests.conftest import ServerProcess
 JS_DIR = Path(__file__).resolve().parent / "js"
 
 
+@pytest.fixture(scope="session")
+def server(execd_server: ServerProcess) -> ServerProcess:
+    """Every test of this module runs on both runtimes."""
+    return execd_server
+
+
 def in_sandbox(server: ServerProcess, scenario: Callable[[Sandbox], Awaitable[None]]) -> None:
     async def main() -> None:
         sandbox = await Sandbox.create(
-            "python:3.11", connection_config=ConnectionConfig(domain=server.domain),
+            server.image, connection_config=ConnectionConfig(domain=server.domain),
             timeout=timedelta(minutes=5))
         try:
             await scenario(sandbox)
@@ -182,7 +188,8 @@ def js_results(server: ServerProcess) -> dict[str, Any]:
     node = shutil.which("node")
     if node is None or not (JS_DIR / "node_modules" / "@alibaba-group" / "opensandbox").is_dir():
         pytest.fail("node and tests/js/node_modules are needed: run tests/setup.sh")
-    done = subprocess.run([node, str(JS_DIR / "commands.mjs"), server.domain], cwd=JS_DIR,
+    done = subprocess.run([node, str(JS_DIR / "commands.mjs"), server.domain, server.image],
+                          cwd=JS_DIR,
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))

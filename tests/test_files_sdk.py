@@ -3,6 +3,7 @@
 Python (`opensandbox==0.1.5`) writes several files in one multipart request; JS
 (`@alibaba-group/opensandbox@0.1.6`, driven by `tests/js/files.mjs` under node) sends one
 request per file. Each step is checked against what a command in the same sandbox sees.
+Every test runs on both runtimes.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ from tests.conftest import ROOT, ServerProcess
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(scope="session")
+def server(execd_server: ServerProcess) -> ServerProcess:
+    """Every test of this module runs on both runtimes."""
+    return execd_server
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
@@ -39,7 +46,7 @@ def anyio_backend() -> str:
 @pytest.fixture
 async def sandbox(server: ServerProcess) -> AsyncIterator[Sandbox]:
     config = ConnectionConfig(domain=server.domain, request_timeout=timedelta(seconds=30))
-    made = await Sandbox.create("python:3.11", connection_config=config,
+    made = await Sandbox.create(server.image, connection_config=config,
                                 entrypoint=["tail", "-f", "/dev/null"])
     try:
         yield made
@@ -128,7 +135,8 @@ def test_js_sdk_files_round_trip(server: ServerProcess) -> None:
     script = ROOT / "tests" / "js" / "files.mjs"
     if not (ROOT / "tests" / "js" / "node_modules" / "@alibaba-group" / "opensandbox").exists():
         pytest.skip("the JS SDK is not installed (run tests/setup.sh)")
-    done = subprocess.run(["node", str(script), server.domain], capture_output=True, text=True,
+    done = subprocess.run(["node", str(script), server.domain, server.image],
+                          capture_output=True, text=True,
                           timeout=120, cwd=Path(script).parent)
     assert done.returncode == 0, done.stderr + done.stdout
     report = json.loads(done.stdout)

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -409,10 +410,11 @@ class DockerRuntime(Runtime):
             if (await self.run_helper(sandbox_id, ["have", program])).exit_code != 0:
                 raise spawn_failure("noexec", program, request.cwd)
             missing.discard(program)
+        tag = secrets.token_hex(8)
         exec_id = await self._exec_create(
-            sandbox_id, wrap(list(request.argv), request.cwd, request.merge_stderr), user=user,
-            environment=request.env, stdin=request.stdin)
-        pump = OutputPump(await self._attach(exec_id), merged=request.merge_stderr)
+            sandbox_id, wrap(list(request.argv), request.cwd, request.merge_stderr, tag),
+            user=user, environment=request.env, stdin=request.stdin)
+        pump = OutputPump(await self._attach(exec_id), merged=request.merge_stderr, tag=tag)
         try:
             handshake = await asyncio.wait_for(asyncio.shield(pump.handshake),
                                                HANDSHAKE_TIMEOUT)
@@ -437,8 +439,10 @@ class DockerRuntime(Runtime):
         async def signaller(pgid: int, sig: int) -> bool:
             return await self.signal_group(sandbox_id, pgid, sig)
 
-        process = ExecProcess(pump, int(handshake.split()[1]), inspect, signaller,
-                              on_exit=processes.discard, stdin=request.stdin)
+        words = handshake.split()
+        process = ExecProcess(pump, int(words[1]), inspect, signaller,
+                              on_exit=processes.discard, stdin=request.stdin,
+                              piped="piped" in words[2:])
         processes.add(process)
         return process
 

@@ -84,14 +84,33 @@ class _ExitProtocol(asyncio.subprocess.SubprocessStreamProtocol):
             self.exited.set_result(None)
 
 
-async def start_process(*command: str, limit: int, **options: Any) -> LocalProcess:
+async def start_process(*command: str, limit: int, wrapped: bool = False,
+                        **options: Any) -> LocalProcess:
     """`asyncio.create_subprocess_exec`, but with a `wait()` that ends when the process
-    does, not when its pipes close."""
+    does, not when its pipes close. `wrapped`: the process is a wrapper (bwrap) that runs
+    the real command as its child and exits with the child's status."""
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.subprocess_exec(
         lambda: _ExitProtocol(limit, loop), *command, **options)
     return LocalProcess(asyncio.subprocess.Process(transport, protocol, loop),
-                        exited=protocol.exited)
+                        exited=protocol.exited, wrapped=wrapped)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live pids in process group `pgid`."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                raw = handle.read().decode(errors="replace")
+        except OSError:
+            continue
+        fields = raw[raw.rfind(")") + 2:].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry))
+    return members
 
 
 class PipeInput:
@@ -117,9 +136,10 @@ class LocalProcess(SandboxProcess):
     """An asyncio subprocess; its pid is also its process group and session id."""
 
     def __init__(self, process: asyncio.subprocess.Process,
-                 exited: asyncio.Future[None] | None = None):
+                 exited: asyncio.Future[None] | None = None, *, wrapped: bool = False):
         self._process = process
         self._exited = exited
+        self._wrapped = wrapped
         self.pid = process.pid
         assert process.stdout is not None
         self.stdout = process.stdout
@@ -145,5 +165,14 @@ class LocalProcess(SandboxProcess):
     async def signal_group(self, sig: int) -> None:
         if sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
             self._signalled = sig
+        if self._wrapped and sig not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT):
+            # A signal the command may handle (a TERM trap that cleans up) must not reach
+            # bwrap, which would die of it and take the command down mid-handler. bwrap
+            # exits by itself, with the command's status, once the command ends.
+            for pid in group_members(self.pid):
+                if pid != self.pid:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, sig)
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)

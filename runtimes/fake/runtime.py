@@ -255,7 +255,7 @@ class FakeRuntime(Runtime):
                 *command, stdin=asyncio.subprocess.PIPE if request.stdin else
                 asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=stderr, env=env, cwd=host_cwd, start_new_session=True,
-                limit=PIPE_LIMIT)
+                limit=PIPE_LIMIT, wrapped=self._bwrap is not None)
         except OSError as error:
             raise SpawnFailed(f"fork/exec {program}: {error.strerror}") from error
         sandbox.sessions.add(process.pid)

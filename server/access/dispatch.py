@@ -98,12 +98,16 @@ class Dispatcher:
     async def _to_port(self, scope: Scope, receive: Receive, send: Send, sandbox_id: str,
                        port: int, path: str) -> None:
         host, target_port = await self.service.runtime.port_address(sandbox_id, port)
+        # Whatever address the runtime reaches the port at (a container's own address, a
+        # relay's local port), the application sees a request for its own loopback port,
+        # as if the client were inside the sandbox: the same Host on every runtime.
+        seen_as = ("127.0.0.1", port)
         if scope["type"] == "websocket":
             await forward_websocket(scope, receive, send, host=host, port=target_port,
-                                    path=path)
+                                    path=path, seen_as=seen_as)
         else:
             await self.http.forward(scope, receive, send, host=host, port=target_port,
-                                    path=path)
+                                    path=path, seen_as=seen_as)
 
 
 def raw_path_of(scope: Scope) -> str:

@@ -105,10 +105,13 @@ class HttpForwarder:
         await self._client.aclose()
 
     async def forward(self, scope: Scope, receive: Receive, send: Send, *, host: str, port: int,
-                      path: str) -> None:
-        """Forward the request to `host:port` at `path` (still percent-encoded)."""
+                      path: str, seen_as: tuple[str, int] | None = None) -> None:
+        """Forward the request to `host:port` at `path` (still percent-encoded). `seen_as`
+        is the address the application sees in `Host` when it differs from `host:port`."""
         url = target_url("http", host, port, path, scope.get("query_string", b""))
         headers = request_headers(scope)
+        if seen_as is not None:
+            headers.append(("host", f"{seen_as[0]}:{seen_as[1]}"))
         names = {k.lower() for k, _ in scope["headers"]}
         has_body = b"content-length" in names or b"transfer-encoding" in names
         body_read = asyncio.Event()
@@ -190,9 +193,10 @@ async def _race(work: Awaitable[None], stop: Awaitable[None]) -> None:
 
 
 async def forward_websocket(scope: Scope, receive: Receive, send: Send, *, host: str, port: int,
-                            path: str) -> None:
-    """Accept the client's WebSocket once the target accepted, then relay frames."""
-    url = target_url("ws", host, port, path, scope.get("query_string", b""))
+                            path: str, seen_as: tuple[str, int] | None = None) -> None:
+    """Accept the client's WebSocket once the target accepted, then relay frames. The
+    handshake goes to `host:port`, addressed (`Host`) to `seen_as` if given."""
+    url = target_url("ws", *(seen_as or (host, port)), path, scope.get("query_string", b""))
     protocols = list(scope.get("subprotocols") or [])
     headers = [(k, v) for k, v in request_headers(scope)
                if k.lower() not in WEBSOCKET_HANDSHAKE]
@@ -200,10 +204,11 @@ async def forward_websocket(scope: Scope, receive: Receive, send: Send, *, host:
     if first["type"] != "websocket.connect":
         return
     try:
+        # Straight to the sandbox: never through a proxy from the server's environment.
         upstream = await ws_connect(url, additional_headers=headers,
                                     subprotocols=protocols or None,  # type: ignore[arg-type]
                                     open_timeout=10, max_size=None, compression=None,
-                                    user_agent_header=None)
+                                    user_agent_header=None, proxy=None, host=host, port=port)
     except InvalidStatus as error:
         # The application refused the upgrade: pass its answer on as it was.
         refused = error.response

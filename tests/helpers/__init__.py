@@ -1,7 +1,8 @@
 """Helpers shared by the access tests and benchmark: application sandboxes and free ports.
 
 `sandbox_app.py` (next to this file) is the application server those sandboxes run; it is
-mounted read-only at `/helpers` and started with the host's `/usr/bin/python3`.
+mounted read-only at `/helpers` and started with the sandbox's `python3` (the host's in a
+fake sandbox, the image's in a container).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ APP_SCRIPT = "/helpers/sandbox_app.py"
 
 
 def free_port() -> int:
-    """A TCP port nothing listens on right now (sandboxes share the host's network)."""
+    """A TCP port nothing listens on right now (fake sandboxes share the host's network;
+    a container has its own, where any port is free)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -31,9 +33,11 @@ def host_volume(name: str, path: Path | str, mount_path: str, *,
 
 
 def app_sandbox_body(port: int, *, entrypoint: list[str] | None = None,
-                     volumes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """A create body for a sandbox serving `port`: by default the helper app server."""
-    return {"image": {"uri": "python:3.11"}, "timeout": 600,
+                     volumes: list[dict[str, Any]] | None = None,
+                     image: str = "python:3.11") -> dict[str, Any]:
+    """A create body for a sandbox serving `port`: by default the helper app server. The
+    image must have python3 (any image does on the fake runtime)."""
+    return {"image": {"uri": image}, "timeout": 600,
             "resourceLimits": {"cpu": "1", "memory": "1Gi"},
             "entrypoint": entrypoint or ["python3", APP_SCRIPT, str(port)],
             "volumes": [host_volume("helpers", HELPERS_DIR, "/helpers"), *(volumes or [])]}

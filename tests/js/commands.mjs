@@ -1,11 +1,13 @@
 // execd commands through the official JS SDK, unmodified.
-// Usage: node commands.mjs <server domain, e.g. 127.0.0.1:8080>
+// Usage: node commands.mjs <server domain, e.g. 127.0.0.1:8080> [image]
 // Prints one JSON object (the last line of stdout) that tests/test_commands_sdk.py checks.
 import { Sandbox } from "@alibaba-group/opensandbox";
 
 const domain = process.argv[2];
+// The image: one the server's runtime can run (the docker runtime needs a local one).
+const image = process.argv[3] ?? "python:3.11";
 if (!domain) {
-  console.error("usage: node commands.mjs <domain>");
+  console.error("usage: node commands.mjs <domain> [image]");
   process.exit(2);
 }
 
@@ -19,7 +21,7 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 const sandbox = await Sandbox.create({
   connectionConfig: { domain },
-  image: "python:3.11",
+  image,
   timeoutSeconds: 300,
 });
 const results = {};

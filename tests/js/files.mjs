@@ -1,11 +1,13 @@
 // The files API through the official JS SDK (one upload request per file), checked against
-// what a command in the same sandbox sees. Usage: node files.mjs <server domain>.
+// what a command in the same sandbox sees. Usage: node files.mjs <server domain> [image].
 // Prints one JSON object with what it observed; tests/test_files_sdk.py asserts on it.
 import { Sandbox } from "@alibaba-group/opensandbox";
 
 const domain = process.argv[2];
+// The image: one the server's runtime can run (the docker runtime needs a local one).
+const image = process.argv[3] ?? "python:3.11";
 if (!domain) {
-  console.error("usage: node files.mjs <host:port>");
+  console.error("usage: node files.mjs <host:port> [image]");
   process.exit(2);
 }
 
@@ -19,7 +21,7 @@ async function run(sandbox, command) {
 
 const sandbox = await Sandbox.create({
   connectionConfig: { domain },
-  image: "python:3.11",
+  image,
   entrypoint: ["tail", "-f", "/dev/null"],
 });
 const report = {};
