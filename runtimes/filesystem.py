@@ -170,6 +170,62 @@ class UnknownGroup(RuntimeFailure):
         super().__init__(f"group '{name}' does not exist in the sandbox (not in its /etc/group); "
                          "use an existing name such as root or nogroup, or a numeric gid.")
 
+@dataclass(frozen=True)
+class AccountNames:
+    """A sandbox's own users and groups, from the text of its /etc/passwd and /etc/group:
+    names shown in FileInfo, and names given for chown resolved inside the sandbox."""
+
+    users: dict[int, str]
+    groups: dict[int, str]
+    uids: dict[str, int]
+    gids: dict[str, int]
+
+    @classmethod
+    def parse(cls, passwd: str, group: str) -> AccountNames:
+        users, uids = _parse_ids(passwd)
+        groups, gids = _parse_ids(group)
+        return cls(users, groups, uids, gids)
+
+    def user(self, uid: int) -> str:
+        """The name of `uid`, or the number as text when the sandbox has no such user."""
+        return self.users.get(uid, str(uid))
+
+    def group(self, gid: int) -> str:
+        return self.groups.get(gid, str(gid))
+
+    def uid(self, name: str | None) -> int:
+        """The uid for a chown (-1, "leave it", when no name is given)."""
+        if not name:
+            return -1
+        if name in self.uids:
+            return self.uids[name]
+        if name.isdigit():
+            return int(name)
+        raise UnknownUser(name)
+
+    def gid(self, name: str | None) -> int:
+        if not name:
+            return -1
+        if name in self.gids:
+            return self.gids[name]
+        if name.isdigit():
+            return int(name)
+        raise UnknownGroup(name)
+
+
+def _parse_ids(text: str) -> tuple[dict[int, str], dict[str, int]]:
+    """`name:x:id:…` lines to both directions of the mapping (the first entry wins)."""
+    by_id: dict[int, str] = {}
+    by_name: dict[str, int] = {}
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) < 3 or line.startswith("#") or not fields[2].isdigit():
+            continue
+        by_id.setdefault(int(fields[2]), fields[0])
+        by_name.setdefault(fields[0], int(fields[2]))
+    return by_id, by_name
+
+
 
 # --- the interface -------------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from runtimes.docker.helpers import agent_can_carry
 from runtimes.docker.labels import container_name
 from runtimes.filesystem import (
     CHUNK_SIZE,
+    AccountNames,
     ChangeOwnership,
     FileBusy,
     FileExists,
@@ -52,8 +53,6 @@ from runtimes.filesystem import (
     NotADirectory,
     PathNotAccessible,
     SandboxFilesystem,
-    UnknownGroup,
-    UnknownUser,
 )
 
 if TYPE_CHECKING:
@@ -69,44 +68,6 @@ INLINE_LIMIT = 2 * 1024 * 1024
 STAT_LINE = re.compile(r"^([0-9a-f]+) (\d+) (\d+) (\d+) (\d+) (\d+) \[([^\]]*)\] \[([^\]]*)\] "
                        r"(.*)$")
 FRACTION = re.compile(r":\d\d\.(\d+)")
-
-
-@dataclass(frozen=True)
-class _Names:
-    users: dict[int, str]
-    groups: dict[int, str]
-    uids: dict[str, int]
-    gids: dict[str, int]
-
-    def uid(self, name: str | None) -> int:
-        if not name:
-            return -1
-        if name in self.uids:
-            return self.uids[name]
-        if name.isdigit():
-            return int(name)
-        raise UnknownUser(name)
-
-    def gid(self, name: str | None) -> int:
-        if not name:
-            return -1
-        if name in self.gids:
-            return self.gids[name]
-        if name.isdigit():
-            return int(name)
-        raise UnknownGroup(name)
-
-
-def _parse_ids(lines: list[str]) -> tuple[dict[int, str], dict[str, int]]:
-    by_id: dict[int, str] = {}
-    by_name: dict[str, int] = {}
-    for line in lines:
-        fields = line.split(":")
-        if len(fields) < 3 or line.startswith("#") or not fields[2].isdigit():
-            continue
-        by_id.setdefault(int(fields[2]), fields[0])
-        by_name.setdefault(fields[0], int(fields[2]))
-    return by_id, by_name
 
 
 def _sections(text: str) -> dict[str, list[str]]:
@@ -126,10 +87,9 @@ def _sections(text: str) -> dict[str, list[str]]:
     return sections
 
 
-def _names(sections: dict[str, list[str]]) -> _Names:
-    users, uids = _parse_ids(sections.get("passwd", []))
-    groups, gids = _parse_ids(sections.get("group", []))
-    return _Names(users, groups, uids, gids)
+def _names(sections: dict[str, list[str]]) -> AccountNames:
+    return AccountNames.parse("\n".join(sections.get("passwd", [])),
+                              "\n".join(sections.get("group", [])))
 
 
 def _nanos(seconds: int, text: str) -> int:
@@ -148,7 +108,7 @@ def _file_type(mode: int) -> FileType:
     return FileType.OTHER
 
 
-def _info(line: str, names: _Names, shown: str | None = None) -> FileInfo | None:
+def _info(line: str, names: AccountNames, shown: str | None = None) -> FileInfo | None:
     match = STAT_LINE.match(line)
     if match is None:
         return None
@@ -156,7 +116,7 @@ def _info(line: str, names: _Names, shown: str | None = None) -> FileInfo | None
     mode = int(raw_mode, 16)
     return FileInfo(path=shown if shown is not None else name, size=int(size),
                     modified_ns=_nanos(int(mtime), mtext), changed_ns=_nanos(int(ctime), ctext),
-                    owner=names.users.get(int(uid), uid), group=names.groups.get(int(gid), gid),
+                    owner=names.user(int(uid)), group=names.group(int(gid)),
                     mode=stats.S_IMODE(mode), type=_file_type(mode))
 
 

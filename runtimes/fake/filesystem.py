@@ -31,6 +31,7 @@ from runtimes.base import PathReadOnly, RuntimeFailure
 from runtimes.fake.layout import Mount, ResolvedPath, SandboxLayout
 from runtimes.filesystem import (
     CHUNK_SIZE,
+    AccountNames,
     ChangeOwnership,
     FileBusy,
     FileExists,
@@ -43,8 +44,6 @@ from runtimes.filesystem import (
     NotADirectory,
     PathNotAccessible,
     SandboxFilesystem,
-    UnknownGroup,
-    UnknownUser,
 )
 
 NEW_FILE_MODE = 0o755  # upstream's 0777 &~ umask 022
@@ -71,52 +70,6 @@ class _Target:
     @property
     def is_mount_point(self) -> bool:
         return self.sandbox_path == self.mount.sandbox_path
-
-
-@dataclass(frozen=True)
-class _Names:
-    """The sandbox's own users and groups (from its /etc/passwd and /etc/group)."""
-
-    users: dict[int, str]
-    groups: dict[int, str]
-    uids: dict[str, int]
-    gids: dict[str, int]
-
-    def user(self, uid: int) -> str:
-        return self.users.get(uid, str(uid))
-
-    def group(self, gid: int) -> str:
-        return self.groups.get(gid, str(gid))
-
-    def uid(self, name: str | None) -> int:
-        if not name:
-            return -1
-        if name in self.uids:
-            return self.uids[name]
-        if name.isdigit():
-            return int(name)
-        raise UnknownUser(name)
-
-    def gid(self, name: str | None) -> int:
-        if not name:
-            return -1
-        if name in self.gids:
-            return self.gids[name]
-        if name.isdigit():
-            return int(name)
-        raise UnknownGroup(name)
-
-
-def _parse_ids(text: str) -> tuple[dict[int, str], dict[str, int]]:
-    by_id: dict[int, str] = {}
-    by_name: dict[str, int] = {}
-    for line in text.splitlines():
-        fields = line.split(":")
-        if len(fields) < 3 or line.startswith("#") or not fields[2].isdigit():
-            continue
-        by_id.setdefault(int(fields[2]), fields[0])
-        by_name.setdefault(fields[0], int(fields[2]))
-    return by_id, by_name
 
 
 def _file_type(mode: int) -> FileType:
@@ -259,7 +212,7 @@ class FakeFilesystem(SandboxFilesystem):
         """A real descriptor (read, write…) for the object an `O_PATH` descriptor holds."""
         return os.open(_magic(fd), flags | os.O_CLOEXEC)
 
-    def _names(self) -> _Names:
+    def _names(self) -> AccountNames:
         texts = []
         for path in ("/etc/passwd", "/etc/group"):
             try:
@@ -281,11 +234,9 @@ class FakeFilesystem(SandboxFilesystem):
                 texts.append("")
             finally:
                 _close(fd)
-        users, uids = _parse_ids(texts[0])
-        groups, gids = _parse_ids(texts[1])
-        return _Names(users, groups, uids, gids)
+        return AccountNames.parse(texts[0], texts[1])
 
-    def _info(self, shown: str, st: os.stat_result, names: _Names) -> FileInfo:
+    def _info(self, shown: str, st: os.stat_result, names: AccountNames) -> FileInfo:
         return FileInfo(path=shown, size=st.st_size, modified_ns=st.st_mtime_ns,
                         changed_ns=st.st_ctime_ns, owner=names.user(st.st_uid),
                         group=names.group(st.st_gid), mode=stat.S_IMODE(st.st_mode),
@@ -352,7 +303,7 @@ class FakeFilesystem(SandboxFilesystem):
             _close(listing)
 
     def _walk(self, fd: int, sandbox_dir: str, shown_dir: str, match: Callable[[str], bool],
-              names: _Names, found: list[FileInfo]) -> None:
+              names: AccountNames, found: list[FileInfo]) -> None:
         """Depth-first in lexical order, as upstream's walk; crosses into the sandbox's
         other mounts (volumes, system directories) where the sandbox would see them."""
         try:
