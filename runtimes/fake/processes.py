@@ -16,14 +16,22 @@ from typing import Any
 from runtimes.base import ExitStatus, SandboxProcess
 
 
-def _read_stat(pid: int) -> tuple[int, int, str] | None:
-    """(ppid, session id, state) of a live process, or None when it is gone."""
+def stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, session,
+    …, see proc(5), less 3 in numbering), or None when the process is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             raw = handle.read().decode(errors="replace")
     except OSError:
         return None
-    fields = raw[raw.rfind(")") + 2:].split()
+    return raw[raw.rfind(")") + 2:].split()
+
+
+def _read_stat(pid: int) -> tuple[int, int, str] | None:
+    """(ppid, session id, state) of a live process, or None when it is gone."""
+    fields = stat_fields(pid)
+    if fields is None:
+        return None
     return int(fields[1]), int(fields[3]), fields[0]
 
 
@@ -100,15 +108,8 @@ def group_members(pgid: int) -> list[int]:
     """Live pids in process group `pgid`."""
     members = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                raw = handle.read().decode(errors="replace")
-        except OSError:
-            continue
-        fields = raw[raw.rfind(")") + 2:].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
+        fields = stat_fields(int(entry)) if entry.isdigit() else None
+        if fields is not None and int(fields[2]) == pgid and fields[0] != "Z":
             members.append(int(entry))
     return members
 

@@ -39,7 +39,13 @@ from runtimes.base import (
 )
 from runtimes.fake.filesystem import FakeFilesystem
 from runtimes.fake.layout import Mount, SandboxLayout
-from runtimes.fake.processes import LocalProcess, processes_of, signal_all, start_process
+from runtimes.fake.processes import (
+    LocalProcess,
+    processes_of,
+    signal_all,
+    start_process,
+    stat_fields,
+)
 
 log = logging.getLogger("opensandbox.runtime.fake")
 
@@ -414,12 +420,9 @@ def _sample(sessions: set[int]) -> tuple[float, float, int]:
     cpu = 0.0
     rss = 0
     for pid in processes_of(sessions) if sessions else set():
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as handle:
-                raw = handle.read().decode(errors="replace")
-        except OSError:
+        fields = stat_fields(pid)
+        if fields is None:
             continue
-        fields = raw[raw.rfind(")") + 2:].split()
         cpu += (int(fields[11]) + int(fields[12])) / ticks
         rss += int(fields[21]) * page
     return time.monotonic(), cpu, rss
