@@ -364,3 +364,30 @@ def docker_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
 def docker_host_dir(server: ServerProcess) -> Path:
     """A scratch directory for host volumes of the `docker_server`."""
     return server.config_path.parent / "host"
+
+
+# --- the official Python SDK -------------------------------------------------------------------
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The SDK is asyncio-based: async tests (marked `anyio`) run on asyncio."""
+    return "asyncio"
+
+
+@pytest.fixture
+async def sdk_sandbox(server: ServerProcess) -> Any:
+    """A sandbox made with the official SDK on `server` (health check on), killed after."""
+    from datetime import timedelta
+
+    from opensandbox import Sandbox
+    from opensandbox.config import ConnectionConfig
+
+    config = ConnectionConfig(domain=server.domain, request_timeout=timedelta(seconds=60))
+    made = await Sandbox.create(server.image, connection_config=config,
+                                entrypoint=["tail", "-f", "/dev/null"])
+    try:
+        yield made
+    finally:
+        await made.kill()
+        await made.close()

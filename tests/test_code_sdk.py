@@ -8,14 +8,11 @@ conftest.py), in sandboxes of `server.image`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from datetime import timedelta
 
 import pytest
 from code_interpreter import CodeInterpreter
 from code_interpreter.models.code import CodeContext, SupportedLanguage
 from opensandbox import Sandbox
-from opensandbox.config import ConnectionConfig
 from opensandbox.exceptions import SandboxApiException, SandboxException
 from opensandbox.models.execd import ExecutionHandlers, OutputMessage
 
@@ -31,20 +28,8 @@ def server(execd_server: ServerProcess) -> ServerProcess:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def interpreter(server: ServerProcess) -> AsyncIterator[CodeInterpreter]:
-    config = ConnectionConfig(domain=server.domain, request_timeout=timedelta(seconds=60))
-    sandbox = await Sandbox.create(server.image, connection_config=config,
-                                   entrypoint=["tail", "-f", "/dev/null"])
-    try:
-        yield await CodeInterpreter.create(sandbox)
-    finally:
-        await sandbox.kill()
-        await sandbox.close()
+async def interpreter(sdk_sandbox: Sandbox) -> CodeInterpreter:
+    return await CodeInterpreter.create(sdk_sandbox)
 
 
 def stdout_of(execution: object) -> str:

@@ -11,13 +11,10 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from opensandbox import Sandbox
-from opensandbox.config import ConnectionConfig
 from opensandbox.exceptions import SandboxException
 from opensandbox.models.filesystem import (
     ContentReplaceEntry,
@@ -39,20 +36,8 @@ def server(execd_server: ServerProcess) -> ServerProcess:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def sandbox(server: ServerProcess) -> AsyncIterator[Sandbox]:
-    config = ConnectionConfig(domain=server.domain, request_timeout=timedelta(seconds=30))
-    made = await Sandbox.create(server.image, connection_config=config,
-                                entrypoint=["tail", "-f", "/dev/null"])
-    try:
-        yield made
-    finally:
-        await made.kill()
-        await made.close()
+def sandbox(sdk_sandbox: Sandbox) -> Sandbox:
+    return sdk_sandbox
 
 
 async def run(sandbox: Sandbox, command: str) -> str:

@@ -26,11 +26,6 @@ pytestmark = pytest.mark.anyio
 EXECD_PORT = 44772
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def config_for(server: ServerProcess, **extra: Any) -> ConnectionConfig:
     return ConnectionConfig(domain=server.domain, request_timeout=timedelta(seconds=30),
                             **extra)
