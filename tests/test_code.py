@@ -8,7 +8,6 @@ and `[docker]`, see `execd_server` in conftest.py), in sandboxes of `server.imag
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import shutil
@@ -18,12 +17,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess, create_body, execd_url, spec_validator
+from tests.conftest import ServerProcess, create_body, execd_url
+from tests.helpers.contract import assert_execd_spec
 from tests.helpers.frames import HEX32, split_frames
 
 PYENV_SITE = Path("/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages")
@@ -409,29 +408,10 @@ def test_interrupting_a_context_less_command(base: str) -> None:
 # --- errors -----------------------------------------------------------------------------
 
 
-@functools.cache
-def execd_spec() -> Any:
-    return spec_validator("execd-api.yaml")
-
-
-def assert_spec(response: httpx.Response) -> None:
-    """Validate status, headers and body against execd-api.yaml (skips without ../shared)."""
-    from openapi_core.testing import MockRequest, MockResponse
-
-    url = urlsplit(str(response.request.url))
-    path = "/" + url.path.split("/", 3)[3]  # drop the gateway's /<id>/44772
-    request = MockRequest("http://localhost:44772", response.request.method.lower(), path,
-                          args=dict(httpx.QueryParams(url.query).items()))
-    content_type = response.headers.get("content-type", "").split(";")[0]
-    execd_spec().validate_response(request, MockResponse(
-        response.content, status_code=response.status_code, headers=dict(response.headers),
-        content_type=content_type or "application/json"))
-
-
 def test_responses_match_the_spec(base: str) -> None:
     with httpx.Client(base_url=base, timeout=60) as client:
         created = client.post("/code/context", json={"language": "python"})
-        assert_spec(created)
+        assert_execd_spec(created)
         context_id = created.json()["id"]
         for response in (
                 client.get("/code/contexts", params={"language": "python"}),
@@ -443,7 +423,7 @@ def test_responses_match_the_spec(base: str) -> None:
                 client.delete("/code"),
                 client.delete(f"/code/contexts/{context_id}"),
                 client.delete("/code/contexts", params={"language": "python"})):
-            assert_spec(response)
+            assert_execd_spec(response)
 
 
 

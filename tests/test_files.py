@@ -12,7 +12,6 @@ sandbox paths on the host (the fake runtime's private root is a host directory) 
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import os
 import resource
@@ -20,7 +19,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -30,9 +28,9 @@ from tests.conftest import (
     create_body,
     execd_url,
     fake_only,
-    spec_validator,
     wait_for,
 )
+from tests.helpers.contract import assert_execd_spec
 
 RFC3339_NANO = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$"
 # More `..` than any host directory is deep: from anywhere, on the host, this reaches `/`.
@@ -89,32 +87,6 @@ def upload(client: httpx.Client, parts: list[Any]) -> httpx.Response:
     return client.post("/files/upload", files=parts)
 
 
-@functools.cache
-def execd_spec() -> Any:
-    return spec_validator("execd-api.yaml")
-
-
-def assert_spec(response: httpx.Response) -> None:
-    """Validate status, headers and body against execd-api.yaml (skips without ../shared)."""
-    from openapi_core.testing import MockRequest, MockResponse
-
-    api = execd_spec()
-    url = urlsplit(str(response.request.url))
-    path = "/" + url.path.split("/", 3)[3]  # drop the gateway's /<id>/44772
-    args: dict[str, Any] = {}
-    for key, value in httpx.QueryParams(url.query).multi_items():
-        args.setdefault(key, value)
-    request = MockRequest("http://localhost:44772", response.request.method.lower(), path,
-                          args=args)
-    content_type = response.headers.get("content-type", "").split(";")[0]
-    data: bytes | str = response.content
-    if content_type == "application/octet-stream":
-        data = response.content.decode("latin-1")  # openapi-core wants binary as a str
-    api.validate_response(request, MockResponse(
-        data, status_code=response.status_code, headers=dict(response.headers),
-        content_type=content_type or "application/json"))
-
-
 def assert_error(response: httpx.Response, status: int, code: str,
                  mentions: str | None = None) -> None:
     assert response.status_code == status, response.text
@@ -152,7 +124,7 @@ def test_upload_pairs_the_ith_metadata_with_the_ith_file(execd: httpx.Client) ->
     for name, parts in layouts.items():
         response = upload(execd, parts)
         assert_empty_ok(response)
-        assert_spec(response)
+        assert_execd_spec(response)
         folder = {"alternating": "alt", "grouped": "grp", "files-first": "ff"}[name]
         assert sandbox_bytes(execd, f"/tmp/{folder}/1") == b"one", name
         assert sandbox_bytes(execd, f"/tmp/{folder}/2") == b"two", name
@@ -229,7 +201,7 @@ def test_upload_errors_leave_nothing_behind(execd: httpx.Client) -> None:
     for request, status, code, mentions in cases:
         response = execd.post("/files/upload", **request)
         assert_error(response, status, code, mentions)
-        assert_spec(response)
+        assert_execd_spec(response)
     assert leftovers(execd) == []
     lines, _ = sh(execd, "ls -A /tmp/e 2>/dev/null | wc -l")
     assert lines == ["0"]
@@ -282,7 +254,7 @@ def test_download_headers_and_ranges(execd: httpx.Client) -> None:
     assert full.headers["accept-ranges"] == "bytes"
     modified = full.headers["last-modified"]
     assert modified.endswith(" GMT")
-    assert_spec(full)
+    assert_execd_spec(full)
     cases = {"bytes=0-3": (0, 3), "bytes=6-": (6, 9), "bytes=-3": (7, 9), "bytes=8-100": (8, 9),
              "bytes=2-2, 5-6": (2, 2), "bytes=-50": (0, 9)}
     for header, (first, last) in cases.items():
@@ -292,7 +264,7 @@ def test_download_headers_and_ranges(execd: httpx.Client) -> None:
         assert response.content == content[first:last + 1], header
         assert response.headers["content-range"] == f"bytes {first}-{last}/10", header
         assert response.headers["content-length"] == str(last - first + 1)
-        assert_spec(response)
+        assert_execd_spec(response)
     for header, code in {"bytes=10-": "RANGE_NOT_SATISFIABLE",
                          "bytes=50-60": "RANGE_NOT_SATISFIABLE",
                          "bytes=-0": "RANGE_NOT_SATISFIABLE",
@@ -302,7 +274,7 @@ def test_download_headers_and_ranges(execd: httpx.Client) -> None:
                              headers={"Range": header})
         assert_error(response, 416, code)
         assert response.headers["content-range"] == "bytes */10", header
-        assert_spec(response)
+        assert_execd_spec(response)
     # A stale If-Range gets the whole file; a fresh If-Modified-Since gets 304.
     stale = execd.get("/files/download", params={"path": "/tmp/d/digits.bin"},
                       headers={"Range": "bytes=0-1",
@@ -319,13 +291,13 @@ def test_download_headers_and_ranges(execd: httpx.Client) -> None:
 def test_download_errors_and_awkward_names(execd: httpx.Client) -> None:
     response = execd.get("/files/download")
     assert_error(response, 400, "MISSING_QUERY", "path")
-    assert_spec(response)
+    assert_execd_spec(response)
     response = execd.get("/files/download", params={"path": "/tmp/none.txt"})
     assert_error(response, 404, "FILE_NOT_FOUND", "/tmp/none.txt")
-    assert_spec(response)
+    assert_execd_spec(response)
     response = execd.get("/files/download", params={"path": "/tmp"})
     assert_error(response, 400, "FILE_IS_DIRECTORY")
-    assert_spec(response)
+    assert_execd_spec(response)
     sh(execd, "mkfifo /tmp/pipe")
     assert_error(execd.get("/files/download", params={"path": "/tmp/pipe"}), 400,
                  "INVALID_FILE", "not a regular file")
@@ -363,7 +335,7 @@ def test_info_matches_what_the_sandbox_sees(execd: httpx.Client) -> None:
     response = execd.get("/files/info", params={"path": ["/workspace/i/h.txt",
                                                          "workspace/i/../i", "~"]})
     assert response.status_code == 200, response.text
-    assert_spec(response)
+    assert_execd_spec(response)
     body = response.json()
     assert list(body) == ["/workspace/i/h.txt", "workspace/i/../i", "~"]
     info = body["/workspace/i/h.txt"]
@@ -383,7 +355,7 @@ def test_info_matches_what_the_sandbox_sees(execd: httpx.Client) -> None:
     assert execd.get("/files/info").json() == {}
     missing = execd.get("/files/info", params={"path": ["/workspace/i/h.txt", "/nope"]})
     assert_error(missing, 404, "FILE_NOT_FOUND", "/nope")
-    assert_spec(missing)
+    assert_execd_spec(missing)
 
 
 def test_delete_files(execd: httpx.Client) -> None:
@@ -392,7 +364,7 @@ def test_delete_files(execd: httpx.Client) -> None:
     response = execd.delete("/files", params={"path": ["/tmp/del/a", "/tmp/del/missing",
                                                        "/tmp/del/link"]})
     assert_empty_ok(response)
-    assert_spec(response)
+    assert_execd_spec(response)
     lines, _ = sh(execd, "ls /tmp/del")
     assert lines == ["dir", "target"]  # the link went, its target stayed
     response = execd.delete("/files", params={"path": "/tmp/del/dir"})
@@ -406,7 +378,7 @@ def test_permissions(execd: httpx.Client) -> None:
                           json={"/tmp/p.txt": {"mode": 600, "owner": "nobody",
                                                "group": "nogroup"}})
     assert_empty_ok(response)
-    assert_spec(response)
+    assert_execd_spec(response)
     assert sandbox_stat(execd, "/tmp/p.txt") == "600 nobody nogroup 2 regular file"
     assert_empty_ok(execd.post("/files/permissions", json={"/tmp/p.txt": {"mode": 0}}))
     assert sandbox_stat(execd, "/tmp/p.txt") == "600 nobody nogroup 2 regular file"
@@ -426,7 +398,7 @@ def test_permissions(execd: httpx.Client) -> None:
     response = execd.post("/files/permissions", content=b"",
                           headers={"content-type": "application/json"})
     assert_error(response, 400, "INVALID_REQUEST_BODY")
-    assert_spec(response)
+    assert_execd_spec(response)
 
 
 def test_move(execd: httpx.Client) -> None:
@@ -435,7 +407,7 @@ def test_move(execd: httpx.Client) -> None:
     response = execd.post("/files/mv", json=[{"src": "/tmp/mv/a", "dest": "/tmp/mv/new/deep/a"},
                                              {"src": "/tmp/mv/d", "dest": "/workspace/d2"}])
     assert_empty_ok(response)
-    assert_spec(response)
+    assert_execd_spec(response)
     assert sandbox_bytes(execd, "/tmp/mv/new/deep/a") == b"a\n"
     assert sandbox_bytes(execd, "/workspace/d2/inner") == b"inner\n"
     assert sandbox_bytes(execd, "/tmp/mv/a") is None
@@ -446,7 +418,7 @@ def test_move(execd: httpx.Client) -> None:
     assert sandbox_bytes(execd, "/tmp/mv/b") == b"b\n"
     response = execd.post("/files/mv", json=[{"src": "/tmp/mv/gone", "dest": "/tmp/mv/x"}])
     assert_error(response, 404, "FILE_NOT_FOUND", "/tmp/mv/gone")
-    assert_spec(response)
+    assert_execd_spec(response)
     response = execd.post("/files/mv", json=[{"src": "/workspace/d2", "dest":
                                               "/workspace/d2/sub/d3"}])
     assert_error(response, 400, "INVALID_REQUEST_BODY", "into itself")
@@ -469,7 +441,7 @@ def test_search_matches_base_names_like_find(execd: httpx.Client) -> None:
             params["pattern"] = pattern
         response = execd.get("/files/search", params=params)
         assert response.status_code == 200, response.text
-        assert_spec(response)
+        assert_execd_spec(response)
         return [info["path"].removeprefix("/workspace/s/") for info in response.json()]
 
     everything = found(None)
@@ -492,7 +464,7 @@ def test_search_matches_base_names_like_find(execd: httpx.Client) -> None:
     assert_error(execd.get("/files/search", params={"pattern": "*"}), 400, "MISSING_QUERY")
     response = execd.get("/files/search", params={"path": "/workspace/none"})
     assert_error(response, 404, "FILE_NOT_FOUND", "/workspace/none")
-    assert_spec(response)
+    assert_execd_spec(response)
     response = execd.get("/files/search", params={"path": "/workspace/s", "pattern": "[ab"})
     assert_error(response, 400, "INVALID_PATTERN", "[ab")
 
@@ -520,7 +492,7 @@ def test_replace(execd: httpx.Client) -> None:
     assert sandbox_stat(execd, "/tmp/r1").startswith("604 ")
     response = execd.post("/files/replace", json={"/tmp/r1": {"old": "-b", "new": ""}})
     assert_empty_ok(response)
-    assert_spec(response)
+    assert_execd_spec(response)
     assert sandbox_bytes(execd, "/tmp/r1") == b"AA-AA"
     response = execd.post("/files/replace", json={"/tmp/r1": {"old": "", "new": "x"}})
     assert_error(response, 400, "INVALID_REQUEST_BODY", "old")
@@ -549,7 +521,7 @@ def test_directories(execd: httpx.Client) -> None:
         "/workspace/m/a/b": {"mode": 700, "owner": "nobody", "group": "nogroup"},
         "/workspace/m/plain": {"mode": 0}})
     assert_empty_ok(response)
-    assert_spec(response)
+    assert_execd_spec(response)
     assert sandbox_stat(execd, "/workspace/m/a/b") == "700 nobody nogroup 4096 directory"
     assert sandbox_stat(execd, "/workspace/m/a") == "755 root root 4096 directory"
     assert sandbox_stat(execd, "/workspace/m/plain") == "755 root root 4096 directory"
@@ -566,7 +538,7 @@ def test_directories(execd: httpx.Client) -> None:
     sh(execd, "touch /workspace/m/a/b/f1 && ln -s /usr /workspace/m/a/usr-link")
     response = execd.delete("/directories", params={"path": ["/workspace/m/a", "/workspace/gone"]})
     assert_empty_ok(response)
-    assert_spec(response)
+    assert_execd_spec(response)
     lines, _ = sh(execd, "ls /workspace/m; ls /usr | head -1")
     assert lines[:2] == ["file", "plain"] and len(lines) == 3  # the link's target survived
 
@@ -766,7 +738,7 @@ def test_large_transfers_stream_in_bounded_memory(server: ServerProcess,
 def test_metrics(execd: httpx.Client) -> None:
     response = execd.get("/metrics")
     assert response.status_code == 200, response.text
-    assert_spec(response)
+    assert_execd_spec(response)
     body = response.json()
     assert list(body) == ["cpu_count", "cpu_used_pct", "mem_total_mib", "mem_used_mib",
                           "timestamp"]
