@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import json
 import ssl
+import struct
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -54,6 +55,25 @@ class RawStream:
 
     async def close(self) -> None:  # pragma: no cover - interface
         raise NotImplementedError
+
+
+async def frames(stream: RawStream) -> AsyncIterator[tuple[int, bytes]]:
+    """Docker's multiplexed attach stream as `(stream kind, payload)` frames, in the order
+    the daemon wrote them (kind 1 is stdout, 2 stderr): an 8-byte header (kind, three zero
+    bytes, big-endian length) before each payload."""
+    buffer = bytearray()
+    while True:
+        data = await stream.read(65536)
+        if not data:
+            return
+        buffer += data
+        while len(buffer) >= 8:
+            kind, size = struct.unpack(">BxxxL", bytes(buffer[:8]))
+            if len(buffer) < 8 + size:
+                break
+            payload = bytes(buffer[8:8 + size])
+            del buffer[:8 + size]
+            yield kind, payload
 
 
 class AsyncioStream(RawStream):

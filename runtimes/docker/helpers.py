@@ -24,11 +24,10 @@ import asyncio
 import contextlib
 import secrets
 import shlex
-import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from runtimes.docker.engine import RawStream
+from runtimes.docker.engine import RawStream, frames
 
 OPERATIONS = r"""
 FMT='%f %s %u %g %Y %Z [%y] [%z] %n'
@@ -169,19 +168,9 @@ class Agent:
         self._reader = asyncio.create_task(self._read(), name="docker-agent-output")
 
     async def _read(self) -> None:
-        buffer = bytearray()
         try:
-            while True:
-                data = await self._stream.read(65536)
-                if not data:
-                    return
-                buffer += data
-                while len(buffer) >= 8:
-                    kind, size = struct.unpack(">BxxxL", bytes(buffer[:8]))
-                    if len(buffer) < 8 + size:
-                        break
-                    (self._err if kind == 2 else self._out).extend(buffer[8:8 + size])
-                    del buffer[:8 + size]
+            async for kind, payload in frames(self._stream):
+                (self._err if kind == 2 else self._out).extend(payload)
                 self._changed.set()
         except Exception:
             return

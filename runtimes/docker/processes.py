@@ -42,11 +42,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal as signals
-import struct
 from collections.abc import Awaitable, Callable
 
 from runtimes.base import ExecutableNotFound, ExitStatus, SandboxProcess, SpawnFailed
-from runtimes.docker.engine import RawStream
+from runtimes.docker.engine import RawStream, frames
 
 BUFFER_LIMIT = 64 * 1024
 # How long the end of a piped exec's stream may lag behind the end of its process.
@@ -190,19 +189,8 @@ class OutputPump:
         return None if None in statuses else statuses[0]
 
     async def _frames(self) -> None:
-        buffer = bytearray()
-        while True:
-            data = await self.stream.read(65536)
-            if not data:
-                return
-            buffer += data
-            while len(buffer) >= 8:
-                kind, size = struct.unpack(">BxxxL", bytes(buffer[:8]))
-                if len(buffer) < 8 + size:
-                    break
-                payload = bytes(buffer[8:8 + size])
-                del buffer[:8 + size]
-                await self._deliver(kind, payload)
+        async for kind, payload in frames(self.stream):
+            await self._deliver(kind, payload)
 
     async def _deliver(self, kind: int, payload: bytes) -> None:
         if not self.handshake.done():
