@@ -17,10 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 from collections.abc import Awaitable, Callable
 
-from runtimes.docker.engine import RawStream
+from runtimes.docker.engine import RawStream, frames
 
 log = logging.getLogger("opensandbox.runtime.docker")
 
@@ -104,17 +103,10 @@ class LoopbackRelay:
             # the whole relay goes, so that the application sees the disconnect at once.
 
         async def downstream() -> None:
-            buffer = bytearray()
-            while data := await stream.read(65536):
-                buffer += data
-                while len(buffer) >= 8:
-                    kind, size = struct.unpack(">BxxxL", bytes(buffer[:8]))
-                    if len(buffer) < 8 + size:
-                        break
-                    if kind == 1:
-                        writer.write(bytes(buffer[8:8 + size]))
-                        await writer.drain()
-                    del buffer[:8 + size]
+            async for kind, payload in frames(stream):
+                if kind == 1:
+                    writer.write(payload)
+                    await writer.drain()
 
         tasks = {asyncio.create_task(upstream()), asyncio.create_task(downstream())}
         try:
