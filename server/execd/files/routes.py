@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from runtimes.filesystem import SandboxFilesystem
+from runtimes.filesystem import ChangeOwnership, SandboxFilesystem
 from server.execd.errors import InvalidRequestBody, MissingQuery
 from server.execd.files.common import (
     FileRoute,
@@ -75,12 +75,17 @@ async def delete_files(fs: Files, paths: Paths = []) -> Response:  # noqa: B006
     return empty()
 
 
+def _ownership_changes(body: dict[str, Permission]) -> dict[str, ChangeOwnership]:
+    """The `{path: {mode, owner, group}}` body of /files/permissions and /directories,
+    every entry checked (a bad mode refuses the request) before anything changes."""
+    _nonempty(body)
+    return {path: ownership(p.mode, p.owner, p.group) for path, p in body.items()}
+
+
 @router.post("/files/permissions")
 async def set_permissions(fs: Files, body: Annotated[dict[str, Permission], Body()]
                           ) -> Response:
-    _nonempty(body)
-    changes = {path: ownership(p.mode, p.owner, p.group) for path, p in body.items()}
-    for path, change in changes.items():
+    for path, change in _ownership_changes(body).items():
         await fs.set_ownership(path, change)
     return empty()
 
@@ -139,9 +144,7 @@ async def download_file(fs: Files, request: Request, path: str = "") -> Response
 @router.post("/directories")
 async def make_directories(fs: Files, body: Annotated[dict[str, Permission], Body()]
                            ) -> Response:
-    _nonempty(body)
-    changes = {path: ownership(p.mode, p.owner, p.group) for path, p in body.items()}
-    for path, change in changes.items():
+    for path, change in _ownership_changes(body).items():
         await fs.make_dirs(path, change)
     return empty()
 
