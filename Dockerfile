@@ -11,9 +11,10 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml setup.py README.md /src/
 COPY server /src/server
 COPY runtimes /src/runtimes
+COPY opensandbox_emulator /src/opensandbox_emulator
 RUN python3 -m venv /opt/opensandbox \
     && /opt/opensandbox/bin/pip install /src \
     && rm -rf /src

@@ -33,7 +33,7 @@ from common import RssSampler, measure, memory_mib, start_server, summary
 from opensandbox import Sandbox
 from opensandbox.config import ConnectionConfig
 
-from runtimes.fake.layout import SandboxLayout
+from opensandbox_emulator.runtimes.fake.layout import SandboxLayout
 from tests.conftest import ServerProcess, execd_url
 
 # --- round trips ---------------------------------------------------------------------------

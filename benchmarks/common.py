@@ -5,8 +5,8 @@ Benchmarks run as scripts (`python benchmarks/<area>.py`), so this directory is 
 `sys.path` and `from common import ...` finds this module. Importing it puts the repository
 root on `sys.path` too, which is what makes `tests.*` importable: import `common` before
 `tests.*` (isort keeps it first anyway). The server is started the one way the tests start
-it, `tests.conftest.launch`: `python -m server` (fake runtime, real bubblewrap) on ports the
-kernel picks.
+it, `tests.conftest.launch`: `python -m opensandbox_emulator` (fake runtime, real
+bubblewrap) on ports the kernel picks.
 """
 
 from __future__ import annotations

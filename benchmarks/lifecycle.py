@@ -2,8 +2,8 @@
 
 Run: `python benchmarks/lifecycle.py [--sandboxes 1000] [--samples 200]`.
 
-It starts its own server (`python -m server`, fake runtime, real bubblewrap) on ports the
-kernel picks, and prints each measurement beside a baseline measured on the same server in
+It starts its own server (`python -m opensandbox_emulator`, fake runtime, real bubblewrap) on
+ports the kernel picks, and prints each measurement beside a baseline measured on the same server in
 the same run: `GET /health`, a route that does no work, so the difference is what the
 lifecycle itself costs. Every sandbox runs `sleep infinity`, which costs nothing once started.
 """

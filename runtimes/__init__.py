@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtimes.base import Runtime
+from opensandbox_emulator.runtimes.base import Runtime
 
 
 def make_runtime(kind: str, **options: Any) -> Runtime:
     if kind == "fake":
-        from runtimes.fake import FakeRuntime
+        from opensandbox_emulator.runtimes.fake import FakeRuntime
 
         return FakeRuntime(**options)
     if kind == "docker":
-        from runtimes.docker import DockerRuntime  # type: ignore[import-not-found]
+        from opensandbox_emulator.runtimes.docker import DockerRuntime  # type: ignore[import-not-found]
 
         return DockerRuntime(**options)  # type: ignore[no-any-return]
     raise ValueError(f"unknown runtime type {kind!r}; expected 'fake' or 'docker'")

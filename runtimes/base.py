@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
-    from runtimes.filesystem import SandboxFilesystem
+    from opensandbox_emulator.runtimes.filesystem import SandboxFilesystem
 
 # --- what a sandbox is made from ---------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from runtimes.base import PathReadOnly, RuntimeFailure
+from opensandbox_emulator.runtimes.base import PathReadOnly, RuntimeFailure
 
 __all__ = [
     "ChangeOwnership",

@@ -1,3 +1,2 @@
-"""A local reference server for the OpenSandbox Lifecycle and execd APIs."""
-
-__version__ = "0.1.0"
+"""The HTTP layer: the Lifecycle API, sandbox access (gateway and server proxy) and the
+embedded execd, over a runtime from `opensandbox_emulator.runtimes`."""

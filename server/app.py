@@ -18,20 +18,20 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from runtimes import make_runtime
-from runtimes.base import Runtime
-from server import __version__
-from server.access.dispatch import Dispatcher
-from server.access.gateway import Gateway
-from server.access.proxy import proxy_routes
-from server.clock import Clock, IdGenerator, SystemClock, UuidIds
-from server.config import Config
-from server.errors import install_error_handlers
-from server.execd.app import create_execd_app
-from server.execd.sandbox import ExecdHub
-from server.lifecycle.routes import router as lifecycle_router
-from server.lifecycle.service import SandboxService
-from server.middleware import ApiKeyMiddleware, RequestIdMiddleware
+from opensandbox_emulator import __version__
+from opensandbox_emulator.runtimes import make_runtime
+from opensandbox_emulator.runtimes.base import Runtime
+from opensandbox_emulator.server.access.dispatch import Dispatcher
+from opensandbox_emulator.server.access.gateway import Gateway
+from opensandbox_emulator.server.access.proxy import proxy_routes
+from opensandbox_emulator.server.clock import Clock, IdGenerator, SystemClock, UuidIds
+from opensandbox_emulator.server.config import Config
+from opensandbox_emulator.server.errors import install_error_handlers
+from opensandbox_emulator.server.execd.app import create_execd_app
+from opensandbox_emulator.server.execd.sandbox import ExecdHub
+from opensandbox_emulator.server.lifecycle.routes import router as lifecycle_router
+from opensandbox_emulator.server.lifecycle.service import SandboxService
+from opensandbox_emulator.server.middleware import ApiKeyMiddleware, RequestIdMiddleware
 
 log = logging.getLogger("opensandbox")
 

@@ -1,4 +1,5 @@
-"""`opensandbox-emulator` / `python -m server`: read the config, bind both listeners, serve."""
+"""`opensandbox-emulator` / `python -m opensandbox_emulator`: read the config, bind both
+listeners, serve."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 import socket
 import sys
 
-from server.config import Config, ConfigError, load, validate
+from opensandbox_emulator.server.config import Config, ConfigError, load, validate
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     # the whole web stack (about a second).
     import uvicorn
 
-    from server.app import create_app
+    from opensandbox_emulator.server.app import create_app
 
     app = create_app(config)
     print(f"opensandbox-emulator: lifecycle API on http://{config.server.host}:"

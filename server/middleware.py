@@ -8,8 +8,8 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.access.proxy import PROXY_PATH
-from server.errors import InvalidApiKey, MissingApiKey, send_error
+from opensandbox_emulator.server.access.proxy import PROXY_PATH
+from opensandbox_emulator.server.errors import InvalidApiKey, MissingApiKey, send_error
 
 EXEMPT_PREFIXES = ("/health", "/docs", "/redoc", "/openapi.json")
 

@@ -2,8 +2,8 @@
 
 `server` is one session-wide server on the default config; `start_server(**sections)`
 starts another with config overrides, e.g. `start_server(execd={"access_token": True})`.
-Each server runs `python -m server` on ports the kernel picks, and is stopped (and checked
-to leave no sandbox process behind) at the end.
+Each server runs `python -m opensandbox_emulator` on ports the kernel picks, and is stopped
+(and checked to leave no sandbox process behind) at the end.
 
 Both runtimes: `execd_server` is the session server of the fake runtime, then of the docker
 runtime (ids `fake` and `docker`). A module whose behaviour must hold on both overrides
@@ -106,7 +106,7 @@ def launch(sections: dict[str, dict[str, Any]], workdir: Path) -> ServerProcess:
     config_path = workdir / "config.toml"
     write_config(config_path, merged)
     process = subprocess.Popen(
-        [sys.executable, "-m", "server", "--config", str(config_path)],
+        [sys.executable, "-m", "opensandbox_emulator", "--config", str(config_path)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     output: list[str] = []
     assert process.stdout is not None

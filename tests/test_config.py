@@ -1,5 +1,6 @@
 """Start-up configuration: upstream's TOML layout, our sections, CLI flags, and errors that
-stop start-up with a message naming the key. Each case runs the real `python -m server`.
+stop start-up with a message naming the key. Each case runs the real
+`python -m opensandbox_emulator`.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ image = "opensandbox/egress:v1.0.0"
 
 def run_failing(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
     """Run the server expecting it to refuse to start; (exit code, stderr)."""
-    result = subprocess.run([sys.executable, "-m", "server", *args], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "opensandbox_emulator", *args], cwd=ROOT,
                             capture_output=True, text=True, timeout=60,
                             env={**os.environ, **(env or {})})
     return result.returncode, result.stderr
@@ -59,7 +60,7 @@ class Running:
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "server", *args], cwd=ROOT, text=True,
+            [sys.executable, "-m", "opensandbox_emulator", *args], cwd=ROOT, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})})
         self.lines: list[str] = []

@@ -1,5 +1,5 @@
 """The `docker` runtime: sandboxes as containers on a Docker engine (see `runtime.py`)."""
 
-from runtimes.docker.runtime import DockerRuntime
+from opensandbox_emulator.runtimes.docker.runtime import DockerRuntime
 
 __all__ = ["DockerRuntime"]

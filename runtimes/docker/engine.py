@@ -24,7 +24,7 @@ import anyio
 import docker
 from docker.errors import APIError, DockerException
 
-from runtimes.base import RuntimeFailure
+from opensandbox_emulator.runtimes.base import RuntimeFailure
 
 T = TypeVar("T")
 

@@ -16,7 +16,7 @@ import os
 import tempfile
 from datetime import UTC, datetime
 
-from runtimes.docker.labels import parse_time
+from opensandbox_emulator.runtimes.docker.labels import parse_time
 
 
 def default_state_dir() -> str:

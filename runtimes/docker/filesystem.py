@@ -34,11 +34,11 @@ from typing import IO, TYPE_CHECKING, Any
 
 from docker.errors import APIError, NotFound
 
-from runtimes.base import PathReadOnly, RuntimeFailure, SandboxMissing
-from runtimes.docker import tarstream
-from runtimes.docker.helpers import agent_can_carry
-from runtimes.docker.labels import container_name
-from runtimes.filesystem import (
+from opensandbox_emulator.runtimes.base import PathReadOnly, RuntimeFailure, SandboxMissing
+from opensandbox_emulator.runtimes.docker import tarstream
+from opensandbox_emulator.runtimes.docker.helpers import agent_can_carry
+from opensandbox_emulator.runtimes.docker.labels import container_name
+from opensandbox_emulator.runtimes.filesystem import (
     CHUNK_SIZE,
     AccountNames,
     ChangeOwnership,
@@ -56,8 +56,8 @@ from runtimes.filesystem import (
 )
 
 if TYPE_CHECKING:
-    from runtimes.docker.helpers import HelperResult
-    from runtimes.docker.runtime import DockerRuntime
+    from opensandbox_emulator.runtimes.docker.helpers import HelperResult
+    from opensandbox_emulator.runtimes.docker.runtime import DockerRuntime
 
 NEW_FILE_MODE = 0o755
 SPOOL_IN_MEMORY = 8 * 1024 * 1024  # an upload larger than this is spooled to disk

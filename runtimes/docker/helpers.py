@@ -27,7 +27,7 @@ import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from runtimes.docker.engine import RawStream, frames
+from opensandbox_emulator.runtimes.docker.engine import RawStream, frames
 
 OPERATIONS = r"""
 FMT='%f %s %u %g %Y %Z [%y] [%z] %n'

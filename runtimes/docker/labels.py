@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from runtimes.base import SandboxSpec
+from opensandbox_emulator.runtimes.base import SandboxSpec
 
 PREFIX = "opensandbox.io/"
 ID = PREFIX + "id"

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-from runtimes.base import RuntimeFailure
+from opensandbox_emulator.runtimes.base import RuntimeFailure
 
 CPU = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(m?)\s*$")
 MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([kmgtpe]?)(i?)b?\s*$", re.IGNORECASE)

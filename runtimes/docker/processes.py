@@ -44,8 +44,13 @@ import contextlib
 import signal as signals
 from collections.abc import Awaitable, Callable
 
-from runtimes.base import ExecutableNotFound, ExitStatus, SandboxProcess, SpawnFailed
-from runtimes.docker.engine import RawStream, frames
+from opensandbox_emulator.runtimes.base import (
+    ExecutableNotFound,
+    ExitStatus,
+    SandboxProcess,
+    SpawnFailed,
+)
+from opensandbox_emulator.runtimes.docker.engine import RawStream, frames
 
 BUFFER_LIMIT = 64 * 1024
 # How long the end of a piped exec's stream may lag behind the end of its process.

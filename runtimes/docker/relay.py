@@ -19,7 +19,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from runtimes.docker.engine import RawStream, frames
+from opensandbox_emulator.runtimes.docker.engine import RawStream, frames
 
 log = logging.getLogger("opensandbox.runtime.docker")
 

@@ -41,7 +41,7 @@ from docker.errors import APIError, ImageNotFound, NotFound
 from docker.types import Mount
 from docker.utils import parse_repository_tag
 
-from runtimes.base import (
+from opensandbox_emulator.runtimes.base import (
     Phase,
     ResourceUsage,
     Runtime,
@@ -53,10 +53,10 @@ from runtimes.base import (
     SpawnFailed,
     SpawnRequest,
 )
-from runtimes.docker import labels
-from runtimes.docker.engine import Engine, ExecStartError, RawStream
-from runtimes.docker.expiry import ExpiryStore, default_state_dir
-from runtimes.docker.helpers import (
+from opensandbox_emulator.runtimes.docker import labels
+from opensandbox_emulator.runtimes.docker.engine import Engine, ExecStartError, RawStream
+from opensandbox_emulator.runtimes.docker.expiry import ExpiryStore, default_state_dir
+from opensandbox_emulator.runtimes.docker.helpers import (
     AGENT_ARGV,
     AGENT_ENV,
     Agent,
@@ -66,14 +66,24 @@ from runtimes.docker.helpers import (
     agent_can_carry,
     one_shot_argv,
 )
-from runtimes.docker.limits import parse_limits
-from runtimes.docker.processes import ExecProcess, OutputPump, spawn_failure, wrap
-from runtimes.docker.relay import RELAY_ENV, LoopbackRelay, relay_argv
-from runtimes.docker.volumes import NamedVolume, pvc_failure, sub_path_source, to_mount
+from opensandbox_emulator.runtimes.docker.limits import parse_limits
+from opensandbox_emulator.runtimes.docker.processes import (
+    ExecProcess,
+    OutputPump,
+    spawn_failure,
+    wrap,
+)
+from opensandbox_emulator.runtimes.docker.relay import RELAY_ENV, LoopbackRelay, relay_argv
+from opensandbox_emulator.runtimes.docker.volumes import (
+    NamedVolume,
+    pvc_failure,
+    sub_path_source,
+    to_mount,
+)
 
 if TYPE_CHECKING:
-    from runtimes.filesystem import SandboxFilesystem
-    from server.config import Config, DockerSection
+    from opensandbox_emulator.runtimes.filesystem import SandboxFilesystem
+    from opensandbox_emulator.server.config import Config, DockerSection
 
 log = logging.getLogger("opensandbox.runtime.docker")
 
@@ -91,7 +101,7 @@ class DockerRuntime(Runtime):
     name = "docker"
 
     def __init__(self, *, config: Config | None = None, engine: Engine | None = None):
-        from server.config import Config
+        from opensandbox_emulator.server.config import Config
 
         settings: DockerSection = (config or Config()).docker
         self.settings = settings
@@ -629,7 +639,7 @@ class DockerRuntime(Runtime):
     def filesystem(self, sandbox_id: str) -> SandboxFilesystem:
         if sandbox_id not in self._sandboxes:
             raise SandboxMissing(sandbox_id)
-        from runtimes.docker.filesystem import DockerFilesystem
+        from opensandbox_emulator.runtimes.docker.filesystem import DockerFilesystem
 
         return DockerFilesystem(self, sandbox_id, self._homes.get(sandbox_id, "/root"))
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from docker.types import Mount
 
-from runtimes.base import RuntimeFailure, VolumeMount
+from opensandbox_emulator.runtimes.base import RuntimeFailure, VolumeMount
 
 
 @dataclass(frozen=True)

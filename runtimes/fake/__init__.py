@@ -1,5 +1,5 @@
 """The default runtime: sandboxes on this host, isolated with bubblewrap, state in memory."""
 
-from runtimes.fake.runtime import FakeRuntime
+from opensandbox_emulator.runtimes.fake.runtime import FakeRuntime
 
 __all__ = ["FakeRuntime"]

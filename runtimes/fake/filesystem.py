@@ -27,9 +27,9 @@ import stat
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
-from runtimes.base import PathReadOnly, RuntimeFailure
-from runtimes.fake.layout import Mount, ResolvedPath, SandboxLayout
-from runtimes.filesystem import (
+from opensandbox_emulator.runtimes.base import PathReadOnly, RuntimeFailure
+from opensandbox_emulator.runtimes.fake.layout import Mount, ResolvedPath, SandboxLayout
+from opensandbox_emulator.runtimes.filesystem import (
     CHUNK_SIZE,
     AccountNames,
     ChangeOwnership,

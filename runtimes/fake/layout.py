@@ -15,7 +15,7 @@ import posixpath
 import stat
 from dataclasses import dataclass
 
-from runtimes.base import PathReadOnly, RuntimeFailure
+from opensandbox_emulator.runtimes.base import PathReadOnly, RuntimeFailure
 
 # Host directories every sandbox sees read-only. Those that are symlinks on the host
 # (`/bin -> usr/bin` on merged-/usr systems) are recreated as the same symlink instead.

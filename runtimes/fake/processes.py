@@ -13,7 +13,7 @@ import os
 import signal
 from typing import Any
 
-from runtimes.base import ExitStatus, SandboxProcess
+from opensandbox_emulator.runtimes.base import ExitStatus, SandboxProcess
 
 
 def stat_fields(pid: int) -> list[str] | None:

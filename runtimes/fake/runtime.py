@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from runtimes.base import (
+from opensandbox_emulator.runtimes.base import (
     ExecutableNotFound,
     ExitStatus,
     Phase,
@@ -37,9 +37,9 @@ from runtimes.base import (
     SpawnFailed,
     SpawnRequest,
 )
-from runtimes.fake.filesystem import FakeFilesystem
-from runtimes.fake.layout import Mount, SandboxLayout
-from runtimes.fake.processes import (
+from opensandbox_emulator.runtimes.fake.filesystem import FakeFilesystem
+from opensandbox_emulator.runtimes.fake.layout import Mount, SandboxLayout
+from opensandbox_emulator.runtimes.fake.processes import (
     LocalProcess,
     processes_of,
     signal_all,

@@ -13,9 +13,9 @@ from urllib.parse import quote, unquote
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from runtimes.base import RuntimeFailure
-from server.access.forward import HttpForwarder, forward_websocket
-from server.errors import (
+from opensandbox_emulator.runtimes.base import RuntimeFailure
+from opensandbox_emulator.server.access.forward import HttpForwarder, forward_websocket
+from opensandbox_emulator.server.errors import (
     ApiError,
     ExecdUnauthorized,
     SandboxNotFound,
@@ -23,8 +23,8 @@ from server.errors import (
     SandboxPaused,
     send_error,
 )
-from server.execd.sandbox import SCOPE_KEY, ExecdHub
-from server.lifecycle.service import SandboxService, runtime_error
+from opensandbox_emulator.server.execd.sandbox import SCOPE_KEY, ExecdHub
+from opensandbox_emulator.server.lifecycle.service import SandboxService, runtime_error
 
 EXECD_PORT = 44772
 TOKEN_HEADER = "x-execd-access-token"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.config import Config
+from opensandbox_emulator.server.config import Config
 
 EXECD_PORT = 44772
 INGRESS_HEADER = "OpenSandbox-Ingress-To"

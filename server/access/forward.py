@@ -22,7 +22,7 @@ from starlette.types import Message, Receive, Scope, Send
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from server.errors import BadGateway, send_error
+from opensandbox_emulator.server.errors import BadGateway, send_error
 
 log = logging.getLogger("opensandbox.access")
 # httpx logs every request at INFO: one line per proxied request, on top of the access log.

@@ -13,8 +13,8 @@ from urllib.parse import unquote
 
 from starlette.types import Receive, Scope, Send
 
-from server.access.dispatch import Dispatcher, raw_path_of
-from server.errors import ApiError, send_error
+from opensandbox_emulator.server.access.dispatch import Dispatcher, raw_path_of
+from opensandbox_emulator.server.errors import ApiError, send_error
 
 INGRESS_HEADER = b"opensandbox-ingress-to"
 

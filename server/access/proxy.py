@@ -13,8 +13,8 @@ import re
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
-from server.access.dispatch import Dispatcher, raw_path_of
-from server.errors import ApiError, send_error
+from opensandbox_emulator.server.access.dispatch import Dispatcher, raw_path_of
+from opensandbox_emulator.server.errors import ApiError, send_error
 
 PROXY_PATH = re.compile(r"^(/v1)?/sandboxes/[^/]+/proxy/\d+(/|$)")
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from server.errors import install_error_handlers
-from server.execd import health, metrics
-from server.execd.code.routes import router as code_router
-from server.execd.commands.routes import router as commands_router
-from server.execd.files import router as files_router
+from opensandbox_emulator.server.errors import install_error_handlers
+from opensandbox_emulator.server.execd import health, metrics
+from opensandbox_emulator.server.execd.code.routes import router as code_router
+from opensandbox_emulator.server.execd.commands.routes import router as commands_router
+from opensandbox_emulator.server.execd.files import router as files_router
 
 
 def create_execd_app() -> FastAPI:

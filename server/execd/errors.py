@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.errors import ApiError
+from opensandbox_emulator.server.errors import ApiError
 
 
 class InvalidRequestBody(ApiError):

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from server.clock import Clock, epoch_ms
+from opensandbox_emulator.server.clock import Clock, epoch_ms
 
 PING_INTERVAL_SECONDS = 3.0
 

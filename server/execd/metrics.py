@@ -16,10 +16,10 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from starlette.responses import JSONResponse, StreamingResponse
 
-from runtimes.base import RuntimeFailure, SandboxMissing
-from server.clock import epoch_ms
-from server.errors import ApiError
-from server.execd.sandbox import ExecdSandbox, current_sandbox
+from opensandbox_emulator.runtimes.base import RuntimeFailure, SandboxMissing
+from opensandbox_emulator.server.clock import epoch_ms
+from opensandbox_emulator.server.errors import ApiError
+from opensandbox_emulator.server.execd.sandbox import ExecdSandbox, current_sandbox
 
 router = APIRouter(tags=["metrics"])
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from starlette.requests import HTTPConnection
 
-from runtimes.base import Runtime
-from server.clock import Clock, IdGenerator
-from server.config import ExecdSection
+from opensandbox_emulator.runtimes.base import Runtime
+from opensandbox_emulator.server.clock import Clock, IdGenerator
+from opensandbox_emulator.server.config import ExecdSection
 
 SCOPE_KEY = "opensandbox.execd"
 

@@ -7,10 +7,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import JSONResponse, Response
 
-from server.access.endpoints import endpoint_for
-from server.errors import InvalidPort
-from server.lifecycle.models import CreateSandboxRequest, RenewExpirationRequest
-from server.lifecycle.service import SandboxService
+from opensandbox_emulator.server.access.endpoints import endpoint_for
+from opensandbox_emulator.server.errors import InvalidPort
+from opensandbox_emulator.server.lifecycle.models import (
+    CreateSandboxRequest,
+    RenewExpirationRequest,
+)
+from opensandbox_emulator.server.lifecycle.service import SandboxService
 
 router = APIRouter(tags=["sandboxes"])
 

@@ -18,10 +18,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
 
-from runtimes.base import Phase, Runtime, RuntimeFailure, SandboxMissing, SandboxSpec
-from server.clock import Clock, IdGenerator, rfc3339
-from server.config import Config
-from server.errors import (
+from opensandbox_emulator.runtimes.base import (
+    Phase,
+    Runtime,
+    RuntimeFailure,
+    SandboxMissing,
+    SandboxSpec,
+)
+from opensandbox_emulator.server.clock import Clock, IdGenerator, rfc3339
+from opensandbox_emulator.server.config import Config
+from opensandbox_emulator.server.errors import (
     ApiError,
     InvalidExpiration,
     InvalidParameter,
@@ -29,8 +35,8 @@ from server.errors import (
     SandboxNotPaused,
     SandboxNotRunning,
 )
-from server.lifecycle.models import CreateSandboxRequest
-from server.lifecycle.validation import check_create, entrypoint_argv
+from opensandbox_emulator.server.lifecycle.models import CreateSandboxRequest
+from opensandbox_emulator.server.lifecycle.validation import check_create, entrypoint_argv
 
 log = logging.getLogger("opensandbox.lifecycle")
 

@@ -12,9 +12,9 @@ import posixpath
 import re
 import shlex
 
-from runtimes.base import VolumeMount
-from server.errors import InvalidMetadataLabel, InvalidParameter, VolumeError
-from server.lifecycle.models import CreateSandboxRequest, VolumeSpec
+from opensandbox_emulator.runtimes.base import VolumeMount
+from opensandbox_emulator.server.errors import InvalidMetadataLabel, InvalidParameter, VolumeError
+from opensandbox_emulator.server.lifecycle.models import CreateSandboxRequest, VolumeSpec
 
 # `\Z`, not `$`: `$` also matches before a trailing newline, which would let "a\n" through.
 LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?\Z")

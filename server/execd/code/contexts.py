@@ -19,17 +19,22 @@ import logging
 import signal
 from dataclasses import dataclass, field
 
-from runtimes.base import ExecutableNotFound, RuntimeFailure, SpawnFailed, SpawnRequest
-from server.execd.code.drivers import DRIVERS, LANGUAGES, UNSUPPORTED, Driver
-from server.execd.code.errors import (
+from opensandbox_emulator.runtimes.base import (
+    ExecutableNotFound,
+    RuntimeFailure,
+    SpawnFailed,
+    SpawnRequest,
+)
+from opensandbox_emulator.server.execd.code.drivers import DRIVERS, LANGUAGES, UNSUPPORTED, Driver
+from opensandbox_emulator.server.execd.code.errors import (
     ContextBusy,
     ContextNotFound,
     InterpreterFailed,
     LanguageUnavailable,
 )
-from server.execd.code.interpreter import Busy, Execution, Gone, Interpreter
-from server.execd.errors import InvalidRequestBody
-from server.execd.sandbox import ExecdSandbox
+from opensandbox_emulator.server.execd.code.interpreter import Busy, Execution, Gone, Interpreter
+from opensandbox_emulator.server.execd.errors import InvalidRequestBody
+from opensandbox_emulator.server.execd.sandbox import ExecdSandbox
 
 log = logging.getLogger("opensandbox.execd.code")
 

@@ -3,7 +3,7 @@ upstream's own string, the others are ours (upstream has no such checks)."""
 
 from __future__ import annotations
 
-from server.errors import ApiError
+from opensandbox_emulator.server.errors import ApiError
 
 
 class ContextNotFound(ApiError):

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from runtimes.base import (
+from opensandbox_emulator.runtimes.base import (
     ExitStatus,
     ProcessOutput,
     Runtime,
@@ -31,10 +31,10 @@ from runtimes.base import (
     SandboxProcess,
     SpawnRequest,
 )
-from server.execd.code.drivers import Driver, Failure
-from server.execd.code.errors import InterpreterFailed, LanguageUnavailable
-from server.execd.code.framing import FrameParser
-from server.execd.errors import InvalidRequestBody
+from opensandbox_emulator.server.execd.code.drivers import Driver, Failure
+from opensandbox_emulator.server.execd.code.errors import InterpreterFailed, LanguageUnavailable
+from opensandbox_emulator.server.execd.code.framing import FrameParser
+from opensandbox_emulator.server.execd.errors import InvalidRequestBody
 
 log = logging.getLogger("opensandbox.execd.code")
 

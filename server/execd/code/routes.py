@@ -24,24 +24,28 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from starlette.responses import JSONResponse, Response
 
-from runtimes.base import RuntimeFailure
-from server.clock import Clock, epoch_ms
-from server.errors import ApiError
-from server.execd.code.contexts import CodeContext, check_language, contexts_of
-from server.execd.code.drivers import LANGUAGES, Failure
-from server.execd.code.errors import ContextNotFound
-from server.execd.code.interpreter import Execution, Finished, Output, Result
-from server.execd.commands.registry import commands_of
-from server.execd.commands.runner import CommandSpec
-from server.execd.errors import ExecdRuntimeError, InvalidRequestBody, MissingQuery
-from server.execd.events import (
+from opensandbox_emulator.runtimes.base import RuntimeFailure
+from opensandbox_emulator.server.clock import Clock, epoch_ms
+from opensandbox_emulator.server.errors import ApiError
+from opensandbox_emulator.server.execd.code.contexts import CodeContext, check_language, contexts_of
+from opensandbox_emulator.server.execd.code.drivers import LANGUAGES, Failure
+from opensandbox_emulator.server.execd.code.errors import ContextNotFound
+from opensandbox_emulator.server.execd.code.interpreter import Execution, Finished, Output, Result
+from opensandbox_emulator.server.execd.commands.registry import commands_of
+from opensandbox_emulator.server.execd.commands.runner import CommandSpec
+from opensandbox_emulator.server.execd.errors import (
+    ExecdRuntimeError,
+    InvalidRequestBody,
+    MissingQuery,
+)
+from opensandbox_emulator.server.execd.events import (
     Event,
     EventStreamResponse,
     complete_event,
     error_event,
     init_event,
 )
-from server.execd.sandbox import ExecdSandbox, current_sandbox
+from opensandbox_emulator.server.execd.sandbox import ExecdSandbox, current_sandbox
 
 router = APIRouter(tags=["code"])
 

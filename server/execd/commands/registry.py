@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 
-from runtimes.base import SpawnFailed
-from server.execd.commands.runner import Command, CommandSpec, spawn_shell
-from server.execd.errors import NotFound
-from server.execd.sandbox import ExecdSandbox
+from opensandbox_emulator.runtimes.base import SpawnFailed
+from opensandbox_emulator.server.execd.commands.runner import Command, CommandSpec, spawn_shell
+from opensandbox_emulator.server.execd.errors import NotFound
+from opensandbox_emulator.server.execd.sandbox import ExecdSandbox
 
 PART_NAME = "commands"
 

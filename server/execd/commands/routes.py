@@ -21,12 +21,16 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from runtimes.base import RuntimeFailure
-from server.execd.commands.registry import commands_of
-from server.execd.commands.runner import CommandSpec
-from server.execd.errors import ExecdRuntimeError, InvalidRequestBody, MissingQuery
-from server.execd.events import EventStreamResponse
-from server.execd.sandbox import ExecdSandbox, current_sandbox
+from opensandbox_emulator.runtimes.base import RuntimeFailure
+from opensandbox_emulator.server.execd.commands.registry import commands_of
+from opensandbox_emulator.server.execd.commands.runner import CommandSpec
+from opensandbox_emulator.server.execd.errors import (
+    ExecdRuntimeError,
+    InvalidRequestBody,
+    MissingQuery,
+)
+from opensandbox_emulator.server.execd.events import EventStreamResponse
+from opensandbox_emulator.server.execd.sandbox import ExecdSandbox, current_sandbox
 
 router = APIRouter(tags=["command"])
 

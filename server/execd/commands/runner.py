@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from runtimes.base import (
+from opensandbox_emulator.runtimes.base import (
     ExecutableNotFound,
     ExitStatus,
     ProcessOutput,
@@ -35,9 +35,9 @@ from runtimes.base import (
     SpawnFailed,
     SpawnRequest,
 )
-from server.clock import Clock, epoch_ms, rfc3339_nano
-from server.execd.commands.logbuffer import LogBuffer
-from server.execd.events import (
+from opensandbox_emulator.server.clock import Clock, epoch_ms, rfc3339_nano
+from opensandbox_emulator.server.execd.commands.logbuffer import LogBuffer
+from opensandbox_emulator.server.execd.events import (
     Event,
     complete_event,
     encode_text_events,

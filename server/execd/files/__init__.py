@@ -1,5 +1,5 @@
 """execd's /files and /directories routes, over the runtime's `SandboxFilesystem`."""
 
-from server.execd.files.routes import router
+from opensandbox_emulator.server.execd.files.routes import router
 
 __all__ = ["router"]

@@ -11,12 +11,12 @@ from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
 
-from runtimes.base import RuntimeFailure
-from runtimes.filesystem import ChangeOwnership, FileInfo, SandboxFilesystem
-from server.clock import rfc3339_nano
-from server.errors import ApiError
-from server.execd.errors import InvalidRequestBody
-from server.execd.sandbox import ExecdSandbox, current_sandbox
+from opensandbox_emulator.runtimes.base import RuntimeFailure
+from opensandbox_emulator.runtimes.filesystem import ChangeOwnership, FileInfo, SandboxFilesystem
+from opensandbox_emulator.server.clock import rfc3339_nano
+from opensandbox_emulator.server.errors import ApiError
+from opensandbox_emulator.server.execd.errors import InvalidRequestBody
+from opensandbox_emulator.server.execd.sandbox import ExecdSandbox, current_sandbox
 
 
 class FileRoute(APIRoute):

@@ -19,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from runtimes.filesystem import FileReader, SandboxFilesystem
-from server.errors import ApiError
+from opensandbox_emulator.runtimes.filesystem import FileReader, SandboxFilesystem
+from opensandbox_emulator.server.errors import ApiError
 
 _TOKEN = re.compile(r"^[A-Za-z0-9!#$&+.^_`|~-]+$")
 

@@ -14,18 +14,18 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from runtimes.filesystem import ChangeOwnership, SandboxFilesystem
-from server.execd.errors import InvalidRequestBody, MissingQuery
-from server.execd.files.common import (
+from opensandbox_emulator.runtimes.filesystem import ChangeOwnership, SandboxFilesystem
+from opensandbox_emulator.server.execd.errors import InvalidRequestBody, MissingQuery
+from opensandbox_emulator.server.execd.files.common import (
     FileRoute,
     empty,
     file_info_body,
     ownership,
     sandbox_files,
 )
-from server.execd.files.download import download
-from server.execd.files.globs import BadPattern, compile_glob
-from server.execd.files.upload import receive_upload
+from opensandbox_emulator.server.execd.files.download import download
+from opensandbox_emulator.server.execd.files.globs import BadPattern, compile_glob
+from opensandbox_emulator.server.execd.files.upload import receive_upload
 
 router = APIRouter(tags=["filesystem"], route_class=FileRoute)
 

@@ -25,9 +25,14 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from runtimes.filesystem import CHUNK_SIZE, ChangeOwnership, FileWriter, SandboxFilesystem
-from server.errors import ApiError
-from server.execd.files.common import ownership
+from opensandbox_emulator.runtimes.filesystem import (
+    CHUNK_SIZE,
+    ChangeOwnership,
+    FileWriter,
+    SandboxFilesystem,
+)
+from opensandbox_emulator.server.errors import ApiError
+from opensandbox_emulator.server.execd.files.common import ownership
 
 METADATA_LIMIT = 1024 * 1024
 

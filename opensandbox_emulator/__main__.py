@@ -1,0 +1,3 @@
+from opensandbox_emulator.server.cli import main
+
+raise SystemExit(main())
