@@ -1,4 +1,4 @@
-"""Benchmark of the access layer (issue 3): what the gateway and the server proxy cost.
+"""Benchmark of the access layer: what the gateway and the server proxy cost.
 
     python benchmarks/access.py [--pings N] [--size-mb N] [--rounds N]
 
@@ -24,8 +24,8 @@ from pathlib import Path
 import httpx
 from common import measure, memory_mib, percentile, start_server
 
-from tests.conftest import ServerProcess, create_body
-from tests.helpers import free_port, host_volume, wait_until_served
+from tests.helpers.app_sandboxes import free_port, host_volume, wait_until_served
+from tests.helpers.servers import ServerProcess, create_body
 
 EXECD = 44772
 

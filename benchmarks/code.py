@@ -1,4 +1,4 @@
-"""Benchmark of code interpreting (issue 7): what a warm context costs per cell, and what
+"""Benchmark of code interpreting: what a warm context costs per cell, and what
 starting one costs.
 
     python benchmarks/code.py [--cells N] [--contexts N]
@@ -17,23 +17,21 @@ Prints median and p90 of each.
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
-import statistics
 import subprocess
 import tempfile
 from pathlib import Path
 
+import common
 import httpx
-from common import measure, start_server, summary
+from common import measure, start_server
 
-from tests.conftest import create_body, execd_url
+from tests.helpers.servers import create_body, execd_url
 
+# Fewer samples for some figures: p90 rather than p99.
+report = functools.partial(common.report, fraction=0.9, width=52)
 PYENV_SITE = Path("/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages")
-
-
-def report(name: str, samples: list[float]) -> float:
-    print(f"  {name:<52} {summary(samples, 0.9)}   (n={len(samples)})")
-    return statistics.median(samples)
 
 
 def stream(client: httpx.Client, path: str, body: dict[str, object]) -> bytes:

@@ -1,4 +1,4 @@
-"""Benchmark of execd commands (issue 4): round trips, output throughput, memory bound.
+"""Benchmark of execd commands: round trips, output throughput, memory bound.
 
     python benchmarks/commands.py [--runs N] [--stream-mb N] [--background-mb N]
 
@@ -34,7 +34,7 @@ from opensandbox import Sandbox
 from opensandbox.config import ConnectionConfig
 
 from opensandbox_emulator.runtimes.fake.layout import SandboxLayout
-from tests.conftest import ServerProcess, execd_url
+from tests.helpers.servers import ServerProcess, execd_url
 
 # --- round trips ---------------------------------------------------------------------------
 

@@ -1,11 +1,11 @@
-"""What every benchmark shares: starting the server, timing calls, summarising latencies and
-reading the server's memory.
+"""What every benchmark shares: starting the server, timing calls, summarising and reporting
+latencies, and reading the server's memory.
 
 Benchmarks run as scripts (`python benchmarks/<area>.py`), so this directory is first on
 `sys.path` and `from common import ...` finds this module. Importing it puts the repository
 root on `sys.path` too, which is what makes `tests.*` importable: import `common` before
 `tests.*` (isort keeps it first anyway). The server is started the one way the tests start
-it, `tests.conftest.launch`: `python -m opensandbox_emulator` (fake runtime, real
+it, `tests.helpers.servers.launch`: `python -m opensandbox_emulator` (fake runtime, real
 bubblewrap) on ports the kernel picks.
 """
 
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.conftest import ServerProcess, launch  # noqa: E402
+from tests.helpers.servers import ServerProcess, launch  # noqa: E402
 
 
 def start_server(workdir: Path) -> ServerProcess:
@@ -63,6 +63,18 @@ def summary(samples: list[float], fraction: float = 0.99, width: int = 8) -> str
     """`median … ms   p99 … ms` of latency samples given in seconds."""
     return (f"median {duration(statistics.median(samples), width)}   "
             f"p{round(fraction * 100)} {duration(percentile(samples, fraction), width)}")
+
+
+def report(name: str, samples: list[float], baseline: list[float] | None = None, *,
+           fraction: float = 0.99, width: int = 46) -> float:
+    """Print one measurement on a line: its `summary`, and with `baseline` (measured in the
+    same run) how many times the baseline's median its median is. Returns the median."""
+    median = statistics.median(samples)
+    line = f"{name:<{width}} {summary(samples, fraction)}"
+    if baseline is not None:
+        line += f"   ({median / statistics.median(baseline):5.1f}x the baseline's median)"
+    print(line, flush=True)
+    return median
 
 
 # --- memory ------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ user would compare with (it has no HTTP API, no SDK and no health check in its w
 from __future__ import annotations
 
 import argparse
-import statistics
+import functools
 import subprocess
 import sys
 import tempfile
@@ -24,29 +24,24 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from common import measure, summary
+import common
+from common import measure
 
 # This script is named like the Docker SDK (`docker`): with its directory first on sys.path,
 # `import docker` would find the script itself. `common` is imported; drop the directory.
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != HERE]
 
-from tests.conftest import (  # noqa: E402
+from tests.helpers.docker_engine import (  # noqa: E402
     DOCKER_BUSYBOX_IMAGE,
-    ServerProcess,
-    _docker_unavailable_reason,
+    docker_problem,
     docker_sections,
-    launch,
     remove_docker_sandboxes,
 )
+from tests.helpers.servers import ServerProcess, launch  # noqa: E402
 
-
-def report(name: str, values: list[float], baseline: list[float] | None = None) -> None:
-    line = f"{name:<46} {summary(values, 0.9)}"
-    if baseline is not None:
-        ratio = statistics.median(values) / statistics.median(baseline)
-        line += f"   ({ratio:4.1f}x the CLI's median)"
-    print(line, flush=True)
+# A few samples each: p90 rather than p99.
+report = functools.partial(common.report, fraction=0.9)
 
 
 def docker(*args: str) -> str:
@@ -67,7 +62,7 @@ def main() -> None:
     parser.add_argument("--commands", type=int, default=30, help="echo round trips")
     parser.add_argument("--image", default=DOCKER_BUSYBOX_IMAGE)
     args = parser.parse_args()
-    problem = _docker_unavailable_reason()
+    problem = docker_problem()
     if problem is not None:
         raise SystemExit(f"benchmarks/docker.py needs Docker: {problem}")
 

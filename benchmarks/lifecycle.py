@@ -12,24 +12,15 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-from common import measure, start_server, summary
+from common import measure, report, start_server
 
 BODY = {"image": {"uri": "python:3.11"}, "timeout": 3600, "resourceLimits": {},
         "entrypoint": ["sleep", "infinity"], "metadata": {"bench": "lifecycle"}}
-
-
-def report(name: str, values: list[float], baseline: list[float] | None = None) -> None:
-    line = f"{name:<44} {summary(values)}"
-    if baseline is not None:
-        ratio = statistics.median(values) / statistics.median(baseline)
-        line += f"   ({ratio:5.1f}x baseline median)"
-    print(line, flush=True)
 
 
 def create_running(client: httpx.Client) -> str:

@@ -1,4 +1,4 @@
-"""Issue 3, raw HTTP: how clients reach a sandbox's execd and application ports.
+"""Sandbox access over raw HTTP: how clients reach a sandbox's execd and application ports.
 
 Every path into a sandbox is exercised the same way: the gateway by URI, the gateway by the
 `OpenSandbox-Ingress-To` header, and the server proxy route at the root and under `/v1`.
@@ -29,8 +29,8 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
-from tests.conftest import ServerProcess, create_body, launch
-from tests.helpers import app_sandbox_body, free_port, host_volume, wait_until_served
+from tests.helpers.app_sandboxes import app_sandbox_body, free_port, host_volume, wait_until_served
+from tests.helpers.servers import ServerProcess, create_body, launch
 
 EXECD = 44772
 ROUTES = ("gateway-uri", "gateway-header", "proxy", "proxy-v1")
@@ -466,7 +466,7 @@ def test_proxy_route_shapes_and_methods(app_server: ServerProcess, app: tuple[st
 
 @pytest.mark.parametrize("bind", ["127.0.0.1", "0.0.0.0"])
 def test_http_server_entrypoint_serves_a_file(app_server: ServerProcess, bind: str) -> None:
-    """The issue's recipe: a sandbox whose entrypoint is `python3 -m http.server <port>`,
+    """The common recipe: a sandbox whose entrypoint is `python3 -m http.server <port>`,
     listening on the sandbox's loopback only or on every interface."""
     port = free_port()
     content = os.urandom(300_000)

@@ -1,4 +1,4 @@
-"""Issue 3 through the official SDKs: create (health check on), connect, pause, resume, kill.
+"""Sandbox access through the official SDKs: create (health check on), connect, pause, resume, kill.
 
 Each SDK runs the same lifecycle with `use_server_proxy` off and on, against the default
 server and against a locked-down one (API key, per-sandbox execd tokens, gateway in
@@ -22,7 +22,8 @@ from opensandbox import Sandbox
 from opensandbox.config import ConnectionConfig
 from opensandbox.exceptions import SandboxApiException
 
-from tests.conftest import ROOT, ServerProcess, launch
+from tests.helpers import ROOT
+from tests.helpers.servers import ServerProcess, launch
 
 EXECD = 44772
 API_KEY = "sdk-key"

@@ -21,9 +21,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess, create_body, execd_url
 from tests.helpers.contract import assert_execd_spec
 from tests.helpers.frames import HEX32, split_frames
+from tests.helpers.servers import ServerProcess, execd_url, new_sandbox
 
 PYENV_SITE = Path("/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages")
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,17 +48,10 @@ def server(execd_server: ServerProcess) -> ServerProcess:
     return execd_server
 
 
-def make_sandbox(server: ServerProcess, **overrides: Any) -> str:
-    response = httpx.post(f"{server.url}/v1/sandboxes", json=create_body(server, **overrides),
-                          timeout=60)
-    assert response.status_code == 202, response.text
-    return str(response.json()["id"])
-
-
 @pytest.fixture
 def base(server: ServerProcess) -> Iterator[str]:
     """The execd base URL of a fresh sandbox, deleted afterwards."""
-    sandbox_id = make_sandbox(server)
+    sandbox_id = new_sandbox(server)
     yield execd_url(server, sandbox_id)
     httpx.delete(f"{server.url}/v1/sandboxes/{sandbox_id}", timeout=60)
 
@@ -463,7 +456,7 @@ def test_language_mismatch_and_unknown_context(base: str) -> None:
 
 
 def test_missing_toolchain_is_400_at_once(server: ServerProcess) -> None:
-    sandbox_id = make_sandbox(server, env={"PATH": "/opensandbox-empty"},
+    sandbox_id = new_sandbox(server, env={"PATH": "/opensandbox-empty"},
                               entrypoint=["/usr/bin/tail", "-f", "/dev/null"])
     base = execd_url(server, sandbox_id)
     try:
@@ -538,7 +531,7 @@ def node_sandbox(server: ServerProcess, *volumes: dict[str, Any],
         pytest.skip("no node on this host to lend the sandbox")
     lent = {"name": "host-node", "host": {"path": str(Path(node).resolve().parent)},
             "mountPath": "/opt/host-node", "readOnly": True}
-    sandbox_id = make_sandbox(server, volumes=[lent, *volumes],
+    sandbox_id = new_sandbox(server, volumes=[lent, *volumes],
                               env={"PATH": IMAGE_PATH + ":/opt/host-node", **env})
     try:
         base = execd_url(server, sandbox_id)
@@ -617,7 +610,7 @@ def processes_mentioning(marker: str) -> list[str]:
 
 
 def test_deleting_the_sandbox_stops_its_interpreters(server: ServerProcess) -> None:
-    sandbox_id = make_sandbox(server)
+    sandbox_id = new_sandbox(server)
     base = execd_url(server, sandbox_id)
     marker = f"/tmp/leak-{uuid.uuid4().hex}"
     for language in ("python", "bash"):
@@ -638,7 +631,7 @@ def test_deleting_the_sandbox_stops_its_interpreters(server: ServerProcess) -> N
 def test_ipython_is_used_when_importable(server: ServerProcess) -> None:
     volume = {"name": "ipython", "host": {"path": str(PYENV_SITE)},
               "mountPath": "/opt/ipython", "readOnly": True}
-    sandbox_id = make_sandbox(server, volumes=[volume],
+    sandbox_id = new_sandbox(server, volumes=[volume],
                               env={"PYTHONPATH": "/opt/ipython"})
     base = execd_url(server, sandbox_id)
     try:

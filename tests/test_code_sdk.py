@@ -16,7 +16,7 @@ from opensandbox import Sandbox
 from opensandbox.exceptions import SandboxApiException, SandboxException
 from opensandbox.models.execd import ExecutionHandlers, OutputMessage
 
-from tests.conftest import ServerProcess
+from tests.helpers.servers import ServerProcess
 
 pytestmark = pytest.mark.anyio
 

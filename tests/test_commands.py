@@ -21,15 +21,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import (
+from tests.helpers.frames import HEX32, split_frames
+from tests.helpers.servers import (
     ServerProcess,
-    create_body,
     execd_url,
     fake_only,
+    new_sandbox,
     no_leftover_processes,
     wait_for,
 )
-from tests.helpers.frames import HEX32, split_frames
 
 
 @pytest.fixture(scope="session")
@@ -189,13 +189,6 @@ def host_processes_mentioning(marker: str) -> list[str]:
         if marker.encode() in cmdline and state[state.rfind(")") + 2] != "Z":
             found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
     return found
-
-
-def new_sandbox(server: ServerProcess, **overrides: Any) -> str:
-    response = httpx.post(f"{server.url}/v1/sandboxes", json=create_body(server, **overrides),
-                          timeout=30)
-    assert response.status_code == 202, response.text
-    return str(response.json()["id"])
 
 
 def wait_state(server: ServerProcess, sandbox_id: str, state: str) -> None:

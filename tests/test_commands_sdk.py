@@ -21,7 +21,7 @@ from opensandbox import Sandbox
 from opensandbox.config import ConnectionConfig
 from opensandbox.models.execd import ExecutionHandlers, OutputMessage, RunCommandOpts
 
-from tests.conftest import ServerProcess
+from tests.helpers.servers import ServerProcess
 
 JS_DIR = Path(__file__).resolve().parent / "js"
 

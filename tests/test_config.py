@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import READY, ROOT, create_body
+from tests.helpers import ROOT
+from tests.helpers.servers import READY, create_body
 
 UPSTREAM_CONFIG = """\
 # An opensandbox-server config as upstream documents it.

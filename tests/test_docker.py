@@ -7,7 +7,6 @@ python3), built from local material. Without an engine these tests skip, unless
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -29,15 +28,15 @@ from opensandbox.models.filesystem import (
 from opensandbox.models.sandboxes import PVC, Host, SandboxFilter, Volume
 from opensandbox.sync import SandboxManagerSync, SandboxSync
 
-from tests.conftest import (
+from tests.helpers.docker_engine import (
     DOCKER_BUSYBOX_IMAGE,
     DOCKER_DEBIAN_IMAGE,
-    ServerProcess,
     docker_host_dir,
     docker_sections,
     remove_docker_sandboxes,
     require_docker,
 )
+from tests.helpers.servers import ServerProcess, wait_for
 
 BUSYBOX = DOCKER_BUSYBOX_IMAGE
 DEBIAN = DOCKER_DEBIAN_IMAGE
@@ -90,16 +89,6 @@ def stdout_of(sandbox: SandboxSync, command: str, **opts: Any) -> str:
     execution = sandbox.commands.run(command, opts=RunCommandOpts(**opts) if opts else None)
     assert execution.error is None, (command, execution.error, execution.logs.stderr)
     return "".join(m.text + "\n" for m in execution.logs.stdout)
-
-
-def wait_for(condition: Callable[[], Any], *, limit: float = 30, what: str = "") -> Any:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"gave up waiting for {what or condition}")
 
 
 def state_of(server: ServerProcess, sandbox_id: str) -> dict[str, Any] | None:

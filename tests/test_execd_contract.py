@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import httpx
 
-from tests.conftest import ServerProcess, execd_url, wait_for
 from tests.helpers.contract import assert_execd_spec
+from tests.helpers.servers import ServerProcess, execd_url, wait_for
 
 
 def test_ping_status_logs_and_metrics_match_the_spec(server: ServerProcess,

@@ -23,14 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import (
-    ServerProcess,
-    create_body,
-    execd_url,
-    fake_only,
-    wait_for,
-)
-from tests.helpers.contract import assert_execd_spec
+from tests.helpers.contract import assert_error, assert_execd_spec
+from tests.helpers.servers import ServerProcess, create_body, execd_url, fake_only, wait_for
 
 RFC3339_NANO = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$"
 # More `..` than any host directory is deep: from anywhere, on the host, this reaches `/`.
@@ -85,17 +79,6 @@ def part(content: bytes, name: str = "blob") -> tuple[str, tuple[str, bytes, str
 
 def upload(client: httpx.Client, parts: list[Any]) -> httpx.Response:
     return client.post("/files/upload", files=parts)
-
-
-def assert_error(response: httpx.Response, status: int, code: str,
-                 mentions: str | None = None) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"code", "message"}, body
-    assert body["code"] == code, body
-    assert body["message"].strip()
-    if mentions is not None:
-        assert mentions in body["message"], body
 
 
 def assert_empty_ok(response: httpx.Response) -> None:

@@ -24,7 +24,8 @@ from opensandbox.models.filesystem import (
     WriteEntry,
 )
 
-from tests.conftest import ROOT, ServerProcess
+from tests.helpers import ROOT
+from tests.helpers.servers import ServerProcess
 
 pytestmark = pytest.mark.anyio
 

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess, create_body, no_leftover_processes, wait_for
+from tests.helpers.servers import ServerProcess, create_body, no_leftover_processes, wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
                                 reason="bubblewrap is not installed (apt-get install bubblewrap)")

@@ -8,7 +8,6 @@ against the newer `head/` spec, where `expiresAt` is optional.
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import time
@@ -17,57 +16,19 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess, create_body, launch, spec_validator, wait_for
+from tests.helpers.contract import assert_error, assert_lifecycle_spec
+from tests.helpers.servers import ServerProcess, create_body, launch, wait_for
 
 RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 EXECD_PORT = 44772
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-@functools.cache
-def _validator(spec: str) -> Any:
-    return spec_validator(spec)  # parsing the spec takes a while; once per spec is enough
-
-
-
-def assert_matches_spec(response: httpx.Response, spec: str = "sandbox-lifecycle.yml") -> None:
-    """Validate `response` (status, headers, body) against the operation it answered."""
-    from openapi_core.testing import MockRequest, MockResponse
-
-    api = _validator(spec)
-    url = urlsplit(str(response.request.url))
-    path = url.path if url.path.startswith("/v1/") else "/v1" + url.path
-    args: dict[str, Any] = {}
-    for key, value in httpx.QueryParams(url.query).multi_items():
-        args.setdefault(key, value)
-    request = MockRequest("http://localhost:8080", response.request.method, path, args=args,
-                          data=response.request.content or None)
-    content_type = response.headers.get("content-type", "")
-    mocked = MockResponse(response.content, status_code=response.status_code,
-                          headers=dict(response.headers),
-                          content_type=content_type.split(";")[0])
-    api.validate_response(request, mocked)
-
-
-def assert_error(response: httpx.Response, status: int, code: str,
-                 mentions: str | None = None) -> dict[str, str]:
-    """An error answer: the status, exactly `{"code","message"}`, upstream's code."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"code", "message"}, body
-    assert body["code"] == code, body
-    assert body["message"].strip(), body
-    if mentions is not None:
-        assert mentions in body["message"], body
-    assert "detail" not in body
-    return body
 
 
 def assert_no_nulls(value: Any) -> None:
@@ -123,7 +84,7 @@ def test_create_answers_202_with_a_camelcase_body(http: httpx.Client) -> None:
     body = response.json()
     http_cleanup = body["id"]
     try:
-        assert_matches_spec(response)
+        assert_lifecycle_spec(response)
         assert_no_nulls(body)
         assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
                             body["id"])
@@ -144,36 +105,36 @@ def test_every_route_works_under_v1_and_at_the_root(http: httpx.Client) -> None:
     for prefix in ("/v1", ""):
         response = http.post(f"{prefix}/sandboxes", json=create_body())
         assert response.status_code == 202, (prefix, response.text)
-        assert_matches_spec(response)
+        assert_lifecycle_spec(response)
         sandbox_id = response.json()["id"]
         base = f"{prefix}/sandboxes/{sandbox_id}"
         got = http.get(base)
         assert got.status_code == 200
-        assert_matches_spec(got)
+        assert_lifecycle_spec(got)
         assert got.json()["image"] == {"uri": "python:3.11"}
         listed = http.get(f"{prefix}/sandboxes")
         assert listed.status_code == 200
-        assert_matches_spec(listed)
+        assert_lifecycle_spec(listed)
         endpoint = http.get(f"{base}/endpoints/{EXECD_PORT}")
         assert endpoint.status_code == 200
-        assert_matches_spec(endpoint)
+        assert_lifecycle_spec(endpoint)
         future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
         renewed = http.post(f"{base}/renew-expiration", json={"expiresAt": future})
         assert renewed.status_code == 200, renewed.text
-        assert_matches_spec(renewed)
+        assert_lifecycle_spec(renewed)
         paused = http.post(f"{base}/pause")
         assert paused.status_code == 202, paused.text
         assert paused.content == b""
-        assert_matches_spec(paused)
+        assert_lifecycle_spec(paused)
         wait_for(lambda b=base: http.get(b).json()["status"]["state"] == "Paused", "Paused")
         resumed = http.post(f"{base}/resume")
         assert resumed.status_code == 202, resumed.text
         assert resumed.content == b""
-        assert_matches_spec(resumed)
+        assert_lifecycle_spec(resumed)
         deleted = http.delete(base)
         assert deleted.status_code == 204
         assert deleted.content == b""
-        assert_matches_spec(deleted)
+        assert_lifecycle_spec(deleted)
         assert_error(http.get(base), 404, "DOCKER::SANDBOX_NOT_FOUND", sandbox_id)
 
 
@@ -200,7 +161,7 @@ def test_get_and_actions_on_an_unknown_sandbox_are_404(http: httpx.Client) -> No
                      http.post(f"{base}/renew-expiration", json={"expiresAt": future}),
                      http.get(f"{base}/endpoints/8080")):
         body = assert_error(response, 404, "DOCKER::SANDBOX_NOT_FOUND", missing)
-        assert_matches_spec(response)
+        assert_lifecycle_spec(response)
         assert body["message"] == f"Sandbox {missing} not found."
 
 
@@ -263,7 +224,7 @@ def test_invalid_create_is_400_with_code_and_message(http: httpx.Client,
     body = {k: v for k, v in body.items() if v is not None}
     response = http.post("/v1/sandboxes", json=body)
     assert_error(response, 400, code, mentions)
-    assert_matches_spec(response)
+    assert_lifecycle_spec(response)
 
 
 @pytest.mark.parametrize("missing", ["image", "entrypoint"])
@@ -311,11 +272,11 @@ def test_no_timeout_means_no_expiry(http: httpx.Client,
     sandbox = response.json()
     try:
         assert "expiresAt" not in sandbox
-        assert_matches_spec(response, "head/sandbox-lifecycle.yml")
+        assert_lifecycle_spec(response, "head/sandbox-lifecycle.yml")
         got = http.get(f"/v1/sandboxes/{sandbox['id']}")
         assert "expiresAt" not in got.json()
         assert_no_nulls(got.json())
-        assert_matches_spec(got, "head/sandbox-lifecycle.yml")
+        assert_lifecycle_spec(got, "head/sandbox-lifecycle.yml")
     finally:
         http.delete(f"/v1/sandboxes/{sandbox['id']}")
 
@@ -480,7 +441,7 @@ def test_api_key_is_required_when_configured(
     with server.client() as client:
         missing = client.get("/v1/sandboxes")
         body = assert_error(missing, 401, "MISSING_API_KEY", "OPEN-SANDBOX-API-KEY")
-        assert_matches_spec(missing)
+        assert_lifecycle_spec(missing)
         assert body["message"].startswith("Authentication credentials are missing")
         assert_error(client.post("/v1/sandboxes", json=create_body()), 401, "MISSING_API_KEY")
         wrong = client.get("/v1/sandboxes", headers={"OPEN-SANDBOX-API-KEY": "nope"})
@@ -490,7 +451,7 @@ def test_api_key_is_required_when_configured(
         assert "x-request-id" in wrong.headers
         good = client.get("/v1/sandboxes", headers={"OPEN-SANDBOX-API-KEY": "k"})
         assert good.status_code == 200
-        assert_matches_spec(good)
+        assert_lifecycle_spec(good)
         for exempt in ("/health", "/docs", "/openapi.json"):
             assert client.get(exempt).status_code == 200, exempt
         # A browser's CORS preflight carries no key; it must still get its answer.
@@ -545,11 +506,11 @@ def test_pause_resume_and_their_conflicts(http: httpx.Client,
     assert state_of(http, sandbox_id) in ("Pausing", "Paused")
     wait_for(lambda: state_of(http, sandbox_id) == "Paused", "Paused")
     paused = http.get(base)
-    assert_matches_spec(paused)
+    assert_lifecycle_spec(paused)
     assert paused.json()["status"]["reason"] == "CONTAINER_PAUSED"
     conflict = http.post(f"{base}/pause")
     assert_error(conflict, 409, "DOCKER::SANDBOX_NOT_RUNNING", "Paused")
-    assert_matches_spec(conflict)
+    assert_lifecycle_spec(conflict)
     # Renew works while paused.
     future = datetime.now(UTC) + timedelta(hours=2)
     renewed = http.post(f"{base}/renew-expiration", json={"expiresAt": future.isoformat()})
@@ -607,7 +568,7 @@ def test_renew_needs_a_time_strictly_in_the_future(http: httpx.Client,
     past = (datetime.now(UTC) - timedelta(seconds=5)).isoformat()
     response = http.post(base, json={"expiresAt": past})
     assert_error(response, 400, "DOCKER::INVALID_EXPIRATION", "future")
-    assert_matches_spec(response)
+    assert_lifecycle_spec(response)
     assert_error(http.post(base, json={"expiresAt": "next tuesday"}), 400,
                  "SANDBOX::INVALID_PARAMETER", "next tuesday")
     assert_error(http.post(base, json={}), 400, "SANDBOX::INVALID_PARAMETER", "expiresAt")
@@ -662,7 +623,7 @@ def test_entrypoint_exit_sets_terminated_or_failed(http: httpx.Client,
     sandbox_id = created(entrypoint=["sh", "-c", script])["id"]
     wait_for(lambda: state_of(http, sandbox_id) == state, state)
     response = http.get(f"/v1/sandboxes/{sandbox_id}")
-    assert_matches_spec(response)
+    assert_lifecycle_spec(response)
     status = response.json()["status"]
     assert status["reason"] == reason
     assert message in status["message"]
@@ -695,7 +656,7 @@ def test_expired_sandboxes_are_reaped(server: ServerProcess, http: httpx.Client)
 def listed(http: httpx.Client, **params: Any) -> dict[str, Any]:
     response = http.get("/v1/sandboxes", params=params)
     assert response.status_code == 200, response.text
-    assert_matches_spec(response)
+    assert_lifecycle_spec(response)
     assert_no_nulls(response.json())
     body: dict[str, Any] = response.json()
     return body
@@ -797,7 +758,7 @@ def test_endpoint_has_no_scheme_and_works_for_any_valid_port(
     for port in (EXECD_PORT, 18080, 8080, 1, 65535):
         response = http.get(f"/v1/sandboxes/{sandbox_id}/endpoints/{port}")
         assert response.status_code == 200, (port, response.text)
-        assert_matches_spec(response)
+        assert_lifecycle_spec(response)
         endpoint = response.json()["endpoint"]
         assert "://" not in endpoint
         assert str(port) in endpoint

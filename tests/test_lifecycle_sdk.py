@@ -20,7 +20,7 @@ from opensandbox.exceptions import SandboxApiException, SandboxException
 from opensandbox.models.sandboxes import SandboxFilter
 from opensandbox.sync import SandboxManagerSync, SandboxSync
 
-from tests.conftest import ServerProcess
+from tests.helpers.servers import ServerProcess
 
 pytestmark = pytest.mark.anyio
 EXECD_PORT = 44772

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, ServerProcess
+from tests.helpers import ROOT
+from tests.helpers.servers import ServerProcess
 
 NEXT_PYTHON = ROOT / ".venv-sdk-next" / "bin" / "python"
 NEXT_JS = ROOT / "tests" / "js" / "node_modules" / "opensandbox-next"
