@@ -1,15 +1,21 @@
 #!/bin/sh
 # Everything the test suite needs, on a fresh machine: bubblewrap, a virtualenv with the
-# server and its test extras (the official Python SDK among them), and the official JS SDK.
+# server and its test extras (the official Python SDK among them), the official JS SDK, and,
+# where a Docker engine answers, the local images the docker runtime's tests run.
 set -eu
 cd "$(dirname "$0")/.."
+
+# apt_install PACKAGE...: install Debian packages when running as root with apt; else fail.
+apt_install() {
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || return 1
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
 if ! command -v bwrap >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && apt-get install -y -qq --no-install-recommends bubblewrap >/dev/null
-  else
+  apt_install bubblewrap || {
     echo "tests/setup.sh: bubblewrap is missing; install it (e.g. sudo apt-get install bubblewrap)" >&2
     exit 1
-  fi
+  }
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
@@ -20,4 +26,29 @@ if command -v npm >/dev/null 2>&1; then
   (cd tests/js && npm install --silent --no-audit --no-fund >/dev/null)
 else
   echo "tests/setup.sh: npm is missing; the JS SDK tests will fail" >&2
+fi
+
+# The docker runtime's tests: where an engine answers but the test images are missing, build
+# them (tests/docker/build-images.sh: root, busybox-static and debootstrap). Without an engine
+# those tests skip (or fail, with OPENSANDBOX_REQUIRE_DOCKER=1).
+if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 \
+    && ! docker image inspect opensandbox-test/busybox:1 opensandbox-test/debian:bookworm \
+        >/dev/null 2>&1; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "tests/setup.sh: the Docker test images are missing and building them needs root:" \
+         "run 'sudo sh tests/docker/build-images.sh'; the docker tests skip until then" >&2
+  else
+    needed=""
+    command -v debootstrap >/dev/null 2>&1 || needed="debootstrap"
+    busybox=$(command -v busybox || true)
+    if [ -z "$busybox" ] || ldd "$busybox" >/dev/null 2>&1; then  # missing, or not static
+      needed="$needed busybox-static"
+    fi
+    # shellcheck disable=SC2086 # one word a package
+    [ -z "$needed" ] || apt_install $needed \
+        || echo "tests/setup.sh: could not install$needed" >&2
+    sh tests/docker/build-images.sh \
+        || echo "tests/setup.sh: building the Docker test images failed (see above); the" \
+                "docker tests skip until 'sh tests/docker/build-images.sh' succeeds" >&2
+  fi
 fi

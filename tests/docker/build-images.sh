@@ -1,8 +1,9 @@
 #!/bin/sh
 # Builds the images the Docker tests use, from local material only (no registry is reachable
 # in CI): `opensandbox-test/busybox:1` from Debian's busybox-static, and
-# `opensandbox-test/debian:bookworm` (bash, python3) from debootstrap and the Debian mirror.
-# Each image is skipped when it already exists, so a second run costs nothing.
+# `opensandbox-test/debian:bookworm` (bash, python3) from debootstrap and a Debian mirror
+# (debootstrap's default one, or DEBIAN_MIRROR). Each image is skipped when it already exists,
+# so a second run costs nothing.
 #
 #   sh tests/docker/build-images.sh            # needs root, docker, busybox-static, debootstrap
 #   DEBIAN_MIRROR=http://… sh tests/docker/build-images.sh
@@ -14,7 +15,6 @@ set -eu
 BUSYBOX_IMAGE=opensandbox-test/busybox:1
 DEBIAN_IMAGE=opensandbox-test/debian:bookworm
 PYTHON_IMAGE=opensandbox-test/python:3.11
-MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 have_image() { docker image inspect "$1" >/dev/null 2>&1; }
 
@@ -58,8 +58,10 @@ if have_image "$DEBIAN_IMAGE"; then
 else
   command -v debootstrap >/dev/null || { echo "build-images: debootstrap is missing (apt-get install debootstrap)" >&2; exit 1; }
   root="$work/debian"
-  debootstrap --variant=minbase --include=python3,bash bookworm "$root" "$MIRROR" \
-      >"$work/debootstrap.log" 2>&1 || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
+  # Without DEBIAN_MIRROR no mirror argument is given: debootstrap picks its own default.
+  debootstrap --variant=minbase --include=python3,bash bookworm "$root" \
+      ${DEBIAN_MIRROR:+"$DEBIAN_MIRROR"} >"$work/debootstrap.log" 2>&1 \
+      || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
   rm -rf "$root/var/cache/apt/archives/"*.deb "$root/var/lib/apt/lists/"*
   tar -C "$root" -c . | docker import -c 'CMD ["/bin/bash"]' \
       -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
