@@ -3,8 +3,7 @@
 A runtime provisions sandboxes and runs processes inside them. The lifecycle service uses
 `create`/`pause`/`resume`/`destroy`/`inspect`; the embedded execd uses `spawn`, `usage`,
 `port_address` and (for files) `filesystem`. Nothing here mentions HTTP: failures are the
-small exception classes below, each carrying an upstream-style error code, and the server
-decides which HTTP status they become.
+small classes of `failures.py`, which carry facts; the server decides what a client sees.
 """
 
 from __future__ import annotations
@@ -15,10 +14,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
-if TYPE_CHECKING:
-    from opensandbox_emulator.runtimes.filesystem import SandboxFilesystem
+from opensandbox_emulator.runtimes.failures import Unsupported, VolumeNotFound
+from opensandbox_emulator.runtimes.filesystem import SandboxFilesystem
 
 # --- what a sandbox is made from ---------------------------------------------------------------
 
@@ -155,51 +154,6 @@ class SandboxProcess(ABC):
         """Send `sig` to the process's whole group; a group already gone is not an error."""
 
 
-# --- failures ------------------------------------------------------------------------------
-
-
-class RuntimeFailure(Exception):
-    """A runtime operation failed. `code` is an upstream-style code such as
-    `VOLUME::PVC_NOT_FOUND`; `status` hints at the HTTP status (400 for a bad request,
-    404 for something missing, 500 for the runtime's own failure)."""
-
-    code: str = "RUNTIME_ERROR"
-    status: int = 500
-
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None):
-        super().__init__(message)
-        self.message = message
-        if code is not None:
-            self.code = code
-        if status is not None:
-            self.status = status
-
-
-class SandboxMissing(RuntimeFailure):
-    status = 404
-    code = "DOCKER::SANDBOX_NOT_FOUND"
-
-    def __init__(self, sandbox_id: str):
-        super().__init__(f"Sandbox {sandbox_id} not found.")
-
-
-class SpawnFailed(RuntimeFailure):
-    """The process could not start (a missing cwd or shell). The message names the cause."""
-
-    code = "RUNTIME_ERROR"
-    status = 500
-
-
-class ExecutableNotFound(SpawnFailed):
-    """The program is not on the sandbox's PATH (execd then falls back from bash to sh).
-    The message keeps Go's wording: `exec: "bash": executable file not found in $PATH`."""
-
-
-class PathReadOnly(RuntimeFailure):
-    status = 403
-    code = "FILE_READ_ONLY"
-
-
 # --- the interface -----------------------------------------------------------------------
 
 
@@ -228,9 +182,8 @@ class Runtime(ABC):
 
     async def resolve_named_volume(self, claim_name: str, sub_path: str | None) -> str:
         """Check that a `pvc` volume exists (and its subPath); return a description of it.
-        Raises `RuntimeFailure` with a `VOLUME::…` code."""
-        raise RuntimeFailure("This runtime has no named volumes.",
-                             code="VOLUME::PVC_NOT_FOUND", status=400)
+        Raises `VolumeNotFound` and the other volume failures of `failures.py`."""
+        raise VolumeNotFound(claim_name, "This runtime has no named volumes.")
 
     @abstractmethod
     async def create(self, spec: SandboxSpec) -> None:
@@ -271,5 +224,4 @@ class Runtime(ABC):
     def filesystem(self, sandbox_id: str) -> SandboxFilesystem:
         """The sandbox's files as its processes see them (execd's /files and /directories).
         Raises `SandboxMissing`."""
-        raise RuntimeFailure(f"The {self.name} runtime gives no access to sandbox files.",
-                             code="RUNTIME_ERROR", status=501)
+        raise Unsupported(f"The {self.name} runtime gives no access to sandbox files.")

@@ -4,8 +4,8 @@ execd's file routes talk only to `SandboxFilesystem`; each runtime maps it onto 
 (the fake runtime onto its bubblewrap mount table, Docker onto the archive API and small
 exec'd helpers). Paths are sandbox paths: `~` is the sandbox's HOME, relative paths start at
 `/`, and `..` and symlinks are followed the way the sandbox would follow them. Nothing here
-knows HTTP: failures are `RuntimeFailure` subclasses whose `code` and `status` the server
-turns into the response.
+knows HTTP: failures are the classes of `failures.py` (`FileNotFound`, `PathReadOnly`…),
+which the server turns into the response.
 """
 
 from __future__ import annotations
@@ -16,25 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from opensandbox_emulator.runtimes.base import PathReadOnly, RuntimeFailure
-
-__all__ = [
-    "ChangeOwnership",
-    "FileBusy",
-    "FileExists",
-    "FileInfo",
-    "FileNotFound",
-    "FileReader",
-    "FileType",
-    "FileWriter",
-    "IsADirectory",
-    "NotADirectory",
-    "PathNotAccessible",
-    "PathReadOnly",
-    "SandboxFilesystem",
-    "UnknownGroup",
-    "UnknownUser",
-]
+from opensandbox_emulator.runtimes.failures import InvalidArgument, UnknownGroup, UnknownUser
 
 CHUNK_SIZE = 1024 * 1024  # reads and writes move at most this much at a time
 
@@ -115,60 +97,20 @@ class FileWriter(ABC):
         """Drop the partial file. Safe to call after `commit` or twice."""
 
 
-# --- failures ------------------------------------------------------------------------------------
+# --- shared checks and names ---------------------------------------------------------------
 
 
-class FileNotFound(RuntimeFailure):
-    status = 404
-    code = "FILE_NOT_FOUND"
-
-    def __init__(self, path: str, what: str = "file"):
-        super().__init__(f"{what} not found: {path} (no such file or directory in the sandbox)")
-
-
-class IsADirectory(RuntimeFailure):
-    status = 400
-    code = "FILE_IS_DIRECTORY"
+def check_mode(mode: int | None) -> None:
+    """Permission bits only: 0 to 7777 octal."""
+    if mode is not None and not 0 <= mode <= 0o7777:
+        raise InvalidArgument(f"mode {oct(mode)} is out of range (0 to 7777 octal)",
+                              field="mode")
 
 
-class NotADirectory(RuntimeFailure):
-    status = 400
-    code = "NOT_A_DIRECTORY"
+def check_replacement(old: bytes) -> None:
+    if not old:
+        raise InvalidArgument("the text to replace (old) must not be empty", field="old")
 
-
-class FileExists(RuntimeFailure):
-    status = 409
-    code = "FILE_ALREADY_EXISTS"
-
-
-class FileBusy(RuntimeFailure):
-    """The path is a mount point, or it changed under us while being resolved."""
-
-    status = 409
-    code = "FILE_BUSY"
-
-
-class PathNotAccessible(RuntimeFailure):
-    status = 403
-    code = "FILE_NOT_ACCESSIBLE"
-
-
-class UnknownUser(RuntimeFailure):
-    status = 400
-    code = "UNKNOWN_USER"
-
-    def __init__(self, name: str):
-        super().__init__(f"user '{name}' does not exist in the sandbox (not in its /etc/passwd); "
-                         "use an existing name such as root or nobody, or a numeric uid.")
-
-
-class UnknownGroup(RuntimeFailure):
-    status = 400
-    code = "UNKNOWN_GROUP"
-
-    def __init__(self, name: str):
-        super().__init__(f"group '{name}' does not exist in the sandbox (not in its /etc/group); "
-                         "use an existing name such as root or nogroup, or a numeric gid.")
 
 @dataclass(frozen=True)
 class AccountNames:

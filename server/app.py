@@ -26,9 +26,10 @@ from opensandbox_emulator.server.access.gateway import Gateway
 from opensandbox_emulator.server.access.proxy import proxy_routes
 from opensandbox_emulator.server.clock import Clock, IdGenerator, SystemClock, UuidIds
 from opensandbox_emulator.server.config import Config
-from opensandbox_emulator.server.errors import install_error_handlers
+from opensandbox_emulator.server.errors import LIFECYCLE_API
 from opensandbox_emulator.server.execd.app import create_execd_app
 from opensandbox_emulator.server.execd.sandbox import ExecdHub
+from opensandbox_emulator.server.handlers import install_error_handlers
 from opensandbox_emulator.server.lifecycle.routes import router as lifecycle_router
 from opensandbox_emulator.server.lifecycle.service import SandboxService
 from opensandbox_emulator.server.middleware import ApiKeyMiddleware, RequestIdMiddleware
@@ -87,8 +88,7 @@ class OpenSandboxServer:
                       lifespan=lifespan)
         app.state.service = self.service
         app.state.access = self.access
-        install_error_handlers(app, validation_code="SANDBOX::INVALID_PARAMETER",
-                               not_found_code="GENERAL::NOT_FOUND")
+        install_error_handlers(app, LIFECYCLE_API)
         app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["*"])
         app.include_router(lifecycle_router)

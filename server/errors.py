@@ -1,20 +1,32 @@
 """Errors that become `{"code","message"}` bodies.
 
-Every failure a client can see is an `ApiError`: a small exception class that carries its
-own HTTP status, code and message. One handler (`install_error_handlers`) turns them into
-the response body, so routes and services only ever `raise`.
+Every failure the server itself reports is an `ApiError`: a small exception class that
+carries its own HTTP status, code and message. A runtime's failures become `ApiError`s
+through one table (`failures.py`); `handlers.py` turns both into the response body, so
+routes and services only ever `raise`.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from starlette.types import Scope, Send
+
+
+@dataclass(frozen=True)
+class Api:
+    """What one API calls the failures every API has."""
+
+    invalid_code: str  # a request it cannot act on (also a body that fails validation)
+    not_found_code: str  # a path no route serves
+
+
+LIFECYCLE_API = Api(invalid_code="SANDBOX::INVALID_PARAMETER",
+                    not_found_code="GENERAL::NOT_FOUND")
+EXECD_API = Api(invalid_code="INVALID_REQUEST_BODY", not_found_code="NOT_FOUND")
 
 
 class ApiError(Exception):
@@ -59,14 +71,6 @@ class InvalidPort(ApiError):
 
     def __init__(self, port: object):
         super().__init__(f"Port must be between 1 and 65535 (got {port}).")
-
-
-class SandboxNotFound(ApiError):
-    status_code = 404
-    code = "DOCKER::SANDBOX_NOT_FOUND"
-
-    def __init__(self, sandbox_id: str):
-        super().__init__(f"Sandbox {sandbox_id} not found.")
 
 
 class SandboxNotRunning(ApiError):
@@ -190,35 +194,3 @@ def describe_validation_errors(errors: list[Any]) -> str:
             msg = f"{msg} (got {shown})"
         parts.append(f"{where}: {msg}")
     return "; ".join(parts) or "invalid request"
-
-
-def install_error_handlers(app: FastAPI, *, validation_code: str, not_found_code: str) -> None:
-    """Register the handlers that give every failure the `{"code","message"}` shape."""
-
-    async def on_api_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ApiError)
-        return error_response(exc)
-
-    async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        message = describe_validation_errors(list(exc.errors()))
-        return error_response(ApiError(message, code=validation_code, status_code=400))
-
-    async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        if exc.status_code == 404:
-            code = not_found_code
-        elif exc.status_code == 405:
-            code = "GENERAL::METHOD_NOT_ALLOWED"
-        else:
-            code = "GENERAL::UNKNOWN_ERROR"
-        return error_response(ApiError(str(exc.detail), code=code, status_code=exc.status_code),
-                              headers=getattr(exc, "headers", None))
-
-    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
-        return error_response(ApiError(f"Internal error: {type(exc).__name__}: {exc}"))
-
-    app.add_exception_handler(ApiError, on_api_error)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_unexpected)

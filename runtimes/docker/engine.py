@@ -6,6 +6,9 @@ output as it is produced: `attach_exec` speaks the engine's HTTP upgrade itself 
 asyncio connection (Unix socket, TCP or TLS) and returns the raw multiplexed stream, so a
 command's output costs no thread however long the command runs. For transports asyncio
 cannot open (`ssh://`, named pipes) it falls back to the SDK's socket, read in a thread.
+
+This is the one module that speaks the engine's HTTP: what its statuses mean is read here
+(`wrong_state`, `refused_as_invalid`), so the rest of the runtime deals in facts.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import ssl
 import struct
 import threading
 from collections.abc import AsyncIterator, Callable
+from http import HTTPStatus
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -24,7 +28,7 @@ import anyio
 import docker
 from docker.errors import APIError, DockerException
 
-from opensandbox_emulator.runtimes.base import RuntimeFailure
+from opensandbox_emulator.runtimes.failures import Unavailable
 
 T = TypeVar("T")
 
@@ -33,11 +37,23 @@ T = TypeVar("T")
 SDK_THREADS = 16
 
 
+def wrong_state(error: APIError) -> bool:
+    """The engine refused because of the container's state (paused, not running)."""
+    return error.status_code == HTTPStatus.CONFLICT
+
+
+def refused_as_invalid(error: APIError) -> bool:
+    """The engine refused the request itself (a bad option, a missing bind source)."""
+    return error.status_code == HTTPStatus.BAD_REQUEST
+
+
 class ExecStartError(Exception):
-    def __init__(self, status: int, message: str):
+    """The engine would not start an exec; `wrong_state` as for `APIError`s."""
+
+    def __init__(self, message: str, *, wrong_state: bool = False):
         super().__init__(message)
-        self.status = status
         self.message = message
+        self.wrong_state = wrong_state
 
 
 class RawStream:
@@ -156,8 +172,7 @@ class Engine:
     @property
     def client(self) -> docker.DockerClient:
         if self._client is None:
-            raise RuntimeFailure("The Docker engine is not connected.",
-                                 code="DOCKER::UNAVAILABLE", status=503)
+            raise Unavailable("The Docker engine is not connected.")
         return self._client
 
     @property
@@ -176,10 +191,9 @@ class Engine:
         try:
             self._client = await self.call(make)
         except DockerException as error:
-            raise RuntimeFailure(
+            raise Unavailable(
                 f"Cannot reach the Docker engine ({error}). Start dockerd, or point DOCKER_HOST "
-                "at a running engine, or use [runtime] type = \"fake\".",
-                code="DOCKER::UNAVAILABLE", status=503) from error
+                "at a running engine, or use [runtime] type = \"fake\".") from error
 
     async def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run one blocking SDK call in a worker thread."""
@@ -221,10 +235,10 @@ class Engine:
             head = await reader.readuntil(b"\r\n\r\n")
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as error:
             writer.close()
-            raise ExecStartError(500, f"the engine closed the exec stream: {error}") from error
+            raise ExecStartError(f"the engine closed the exec stream: {error}") from error
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
         status = int(status_line.split()[1])
-        if status in (101, 200):
+        if status in (HTTPStatus.SWITCHING_PROTOCOLS, HTTPStatus.OK):
             return AsyncioStream(reader, writer)
         headers = {}
         for line in header_lines:
@@ -240,7 +254,7 @@ class Engine:
             message = json.loads(raw).get("message", "")
         except ValueError:
             message = raw.decode(errors="replace")
-        raise ExecStartError(status, message or status_line)
+        raise ExecStartError(message or status_line, wrong_state=status == HTTPStatus.CONFLICT)
 
     def _ssl_context(self) -> ssl.SSLContext:
         verify = getattr(self.api, "verify", True)
@@ -259,6 +273,6 @@ class Engine:
         try:
             sock = await self.call(self.api.exec_start, exec_id, socket=True)
         except APIError as error:
-            raise ExecStartError(error.status_code or 500, error.explanation or str(error)
+            raise ExecStartError(error.explanation or str(error), wrong_state=wrong_state(error)
                                  ) from error
         return ThreadedStream(sock)

@@ -34,25 +34,36 @@ from typing import IO, TYPE_CHECKING, Any
 
 from docker.errors import APIError, NotFound
 
-from opensandbox_emulator.runtimes.base import PathReadOnly, RuntimeFailure, SandboxMissing
 from opensandbox_emulator.runtimes.docker import tarstream
 from opensandbox_emulator.runtimes.docker.helpers import agent_can_carry
 from opensandbox_emulator.runtimes.docker.labels import container_name
+from opensandbox_emulator.runtimes.failures import (
+    CrossMountMove,
+    FileBusy,
+    FileExists,
+    FileFailure,
+    FileNotFound,
+    IsADirectory,
+    MoveIntoItself,
+    NotADirectory,
+    NotARegularFile,
+    PathNotAccessible,
+    PathReadOnly,
+    RuntimeFailure,
+    SandboxMissing,
+    SymlinkLoop,
+)
 from opensandbox_emulator.runtimes.filesystem import (
     CHUNK_SIZE,
     AccountNames,
     ChangeOwnership,
-    FileBusy,
-    FileExists,
     FileInfo,
-    FileNotFound,
     FileReader,
     FileType,
     FileWriter,
-    IsADirectory,
-    NotADirectory,
-    PathNotAccessible,
     SandboxFilesystem,
+    check_mode,
+    check_replacement,
 )
 
 if TYPE_CHECKING:
@@ -128,44 +139,37 @@ def _failure(result: HelperResult, action: str, shown: str) -> RuntimeFailure:
     if "No such file or directory" in text or "nonexistent directory" in text:
         return FileNotFound(shown)
     if "Not a directory" in text:
-        return NotADirectory(f"cannot {action} {shown}: a component of the path is not a "
-                             "directory")
+        return NotADirectory(shown, f"cannot {action} {shown}: a component of the path is not "
+                                    "a directory")
     if "Is a directory" in text:
-        return IsADirectory(f"cannot {action} {shown}: it is a directory")
+        return IsADirectory(shown, f"cannot {action} {shown}: it is a directory")
     if "File exists" in text or "Directory not empty" in text:
-        return FileExists(f"cannot {action} {shown}: the target already exists")
+        return FileExists(shown, f"cannot {action} {shown}: the target already exists")
     if "Read-only file system" in text:
-        return PathReadOnly(f"cannot {action} {shown}: it is on a read-only filesystem")
+        return PathReadOnly(shown, f"cannot {action} {shown}: it is on a read-only filesystem")
     if "Too many levels of symbolic links" in text:
-        return RuntimeFailure(f"Too many levels of symbolic links in {shown}.",
-                              code="INVALID_REQUEST_BODY", status=400)
+        return SymlinkLoop(shown)
     if "Device or resource busy" in text:
-        return FileBusy(f"cannot {action} {shown}: it is a mount point of the sandbox")
+        return FileBusy(shown, f"cannot {action} {shown}: it is a mount point of the sandbox")
     if "Permission denied" in text or "Operation not permitted" in text:
-        return PathNotAccessible(f"cannot {action} {shown}: {detail}")
-    return RuntimeFailure(f"cannot {action} {shown}: {detail[:500]}")
-
-
-def _check_mode(mode: int | None) -> None:
-    if mode is not None and not 0 <= mode <= 0o7777:
-        raise RuntimeFailure(f"mode {oct(mode)} is out of range (0 to 7777 octal)",
-                             code="INVALID_REQUEST_BODY", status=400)
+        return PathNotAccessible(shown, f"cannot {action} {shown}: {detail}")
+    return FileFailure(shown, f"cannot {action} {shown}: {detail[:500]}")
 
 
 def _mode_arg(ownership: ChangeOwnership) -> str:
     return format(ownership.mode, "o") if ownership.mode else ""
 
 
-def _engine_failure(error: APIError, action: str, shown: str) -> RuntimeFailure:
+def _engine_failure(error: APIError, sandbox_id: str, action: str, shown: str
+                    ) -> RuntimeFailure:
     text = str(error.explanation or error)
     if isinstance(error, NotFound) and "No such container" in text:
-        return RuntimeFailure(f"cannot {action} {shown}: the sandbox is gone",
-                              code="DOCKER::SANDBOX_NOT_FOUND", status=404)
+        return SandboxMissing(sandbox_id, f"cannot {action} {shown}: the sandbox is gone")
     if isinstance(error, NotFound):
         return FileNotFound(shown)
     if "read-only" in text:
-        return PathReadOnly(f"cannot {action} {shown}: it is on a read-only filesystem")
-    return RuntimeFailure(f"cannot {action} {shown}: {text}")
+        return PathReadOnly(shown, f"cannot {action} {shown}: it is on a read-only filesystem")
+    return FileFailure(shown, f"cannot {action} {shown}: {text}")
 
 
 @dataclass(frozen=True)
@@ -246,7 +250,7 @@ class DockerFilesystem(SandboxFilesystem):
         mount = await self._mount_of(real)
         if mount.kernel:
             raise PathNotAccessible(
-                f"{shown} is on the sandbox's {mount.point}, a kernel filesystem each "
+                shown, f"{shown} is on the sandbox's {mount.point}, a kernel filesystem each "
                 "sandbox process gets on its own; the file API cannot reach it. Read it "
                 f"with a command instead (e.g. cat {real}).")
         return mount
@@ -274,7 +278,7 @@ class DockerFilesystem(SandboxFilesystem):
         await self._reachable(real, shown)
         info = _info(sections[""][0] if sections[""] else "", _names(sections), shown)
         if info is None:
-            raise RuntimeFailure(f"cannot stat {shown}: unexpected output from stat")
+            raise FileFailure(shown, f"cannot stat {shown}: unexpected output from stat")
         return info, real
 
     async def stat(self, path: str, *, follow_symlinks: bool = True) -> FileInfo:
@@ -308,11 +312,9 @@ class DockerFilesystem(SandboxFilesystem):
     async def open_read(self, path: str) -> FileReader:
         info, real = await self._stat(path, True)
         if info.type is FileType.DIRECTORY:
-            raise IsADirectory(f"{info.path} is a directory; download files one by one "
-                               "(search lists them).")
+            raise IsADirectory(info.path, f"cannot read {info.path}: it is a directory")
         if info.type is not FileType.FILE:
-            raise RuntimeFailure(f"{info.path} is not a regular file", code="INVALID_FILE",
-                                 status=400)
+            raise NotARegularFile(info.path)
         if info.size <= INLINE_LIMIT and agent_can_carry([real]):
             result = await self._run("read", real, str(INLINE_LIMIT + 1))
             if result.exit_code != 0:
@@ -326,11 +328,11 @@ class DockerFilesystem(SandboxFilesystem):
     # --- writing ---------------------------------------------------------------------------
 
     async def open_write(self, path: str, ownership: ChangeOwnership) -> FileWriter:
-        _check_mode(ownership.mode)
+        check_mode(ownership.mode)
         shown = self.display(path)
         real = await self._resolve(path, follow=True)
         if real == "/":
-            raise IsADirectory(f"cannot write {shown}: it is a directory")
+            raise IsADirectory(shown, f"cannot write {shown}: it is a directory")
         temp = f".{posixpath.basename(real)[:180]}.{secrets.token_hex(6)}.part"
         wants_ids = bool(ownership.owner or ownership.group)
         result = await self._run("prepare", real, temp, "1" if wants_ids else "0")
@@ -359,7 +361,7 @@ class DockerFilesystem(SandboxFilesystem):
     # --- directories and the rest -------------------------------------------------------
 
     async def make_dirs(self, path: str, ownership: ChangeOwnership) -> None:
-        _check_mode(ownership.mode)
+        check_mode(ownership.mode)
         shown = self.display(path)
         uid, gid = await self._ids(ownership)
         real = await self._resolve(path, follow=True)
@@ -367,7 +369,8 @@ class DockerFilesystem(SandboxFilesystem):
         if result.exit_code != 0:
             failure = _failure(result, "create directory", shown)
             if isinstance(failure, FileExists):  # a file where a directory should be
-                raise NotADirectory(f"cannot create directory {shown}: a file is in the way")
+                raise NotADirectory(shown, f"cannot create directory {shown}: a file is in the "
+                                           "way")
             raise failure
 
     async def remove_file(self, path: str) -> None:
@@ -379,9 +382,6 @@ class DockerFilesystem(SandboxFilesystem):
         result = await self._run("rmfile", real)
         if result.exit_code != 0:
             failure = _failure(result, "remove", shown)
-            if isinstance(failure, IsADirectory):
-                raise IsADirectory(f"{shown} is a directory; remove directories with "
-                                   "DELETE /directories")
             if not isinstance(failure, FileNotFound | NotADirectory):
                 raise failure
 
@@ -394,13 +394,14 @@ class DockerFilesystem(SandboxFilesystem):
         own = await self._mount_of(real)
         for mount in await self._mounts():
             if mount.read_only and (_under(mount.point, real) or mount == own):
-                raise PathReadOnly(f"cannot remove {shown}: it contains {mount.point}, a "
-                                   "read-only mount of the sandbox" if mount != own else
-                                   f"cannot remove {shown}: it is on a read-only mount of "
-                                   "the sandbox")
+                raise PathReadOnly(shown, f"cannot remove {shown}: it contains {mount.point}, "
+                                          "a read-only mount of the sandbox" if mount != own
+                                   else f"cannot remove {shown}: it is on a read-only mount "
+                                   "of the sandbox")
             if mount.kernel and _under(mount.point, real) and mount.point != real:
-                raise PathNotAccessible(f"cannot remove {shown}: it contains {mount.point}, "
-                                        "a kernel filesystem of the sandbox")
+                raise PathNotAccessible(shown, f"cannot remove {shown}: it contains "
+                                               f"{mount.point}, a kernel filesystem of the "
+                                               "sandbox")
         result = await self._run("rmtree", real)
         if result.exit_code != 0:
             lines = [line for line in result.stderr.decode(errors="replace").splitlines()
@@ -419,13 +420,10 @@ class DockerFilesystem(SandboxFilesystem):
         from_mount = await self._mount_of(real_src)
         to_mount = await self._mount_of(posixpath.dirname(real_dest) or "/")
         if from_mount.point == real_src:
-            raise FileBusy(f"{source} is a mount point of the sandbox; it cannot be moved")
+            raise FileBusy(source, f"{source} is a mount point of the sandbox; it cannot be "
+                                   "moved")
         if from_mount != to_mount:
-            raise RuntimeFailure(
-                f"cannot move {source} to {target}: they are on different mounts of the "
-                f"sandbox ({from_mount.point} and {to_mount.point}), and rename cannot cross "
-                "mounts. Copy it instead (download and upload, or `cp -r` in a command).",
-                code="CROSS_MOUNT_MOVE", status=400)
+            raise CrossMountMove(source, target, from_mount.point, to_mount.point)
         result = await self._run("mv", real_src, real_dest)
         if result.exit_code == 0:
             return
@@ -433,15 +431,14 @@ class DockerFilesystem(SandboxFilesystem):
         if "OSB:nosource" in text:
             raise FileNotFound(source, "source path")
         if "OSB:exists" in text:
-            raise FileExists(f"destination path already exists: {target}; remove it first "
-                             "(moves never overwrite)")
+            raise FileExists(target, f"destination path already exists: {target}; remove it "
+                                     "first (moves never overwrite)")
         if "Invalid argument" in text or "subdirectory of itself" in text:
-            raise RuntimeFailure(f"cannot move {source} into itself ({target})",
-                                 code="INVALID_REQUEST_BODY", status=400)
+            raise MoveIntoItself(source, target)
         raise _failure(result, "move", source)
 
     async def set_ownership(self, path: str, ownership: ChangeOwnership) -> None:
-        _check_mode(ownership.mode)
+        check_mode(ownership.mode)
         shown = self.display(path)
         uid, gid = await self._ids(ownership)
         real = await self._resolve(path, follow=True)
@@ -450,10 +447,12 @@ class DockerFilesystem(SandboxFilesystem):
             raise _failure(result, "change permissions of", shown)
 
     async def replace(self, path: str, old: bytes, new: bytes) -> int:
-        if not old:
-            raise RuntimeFailure("the text to replace (old) must not be empty",
-                                 code="INVALID_REQUEST_BODY", status=400)
-        reader = await self.open_read(path)
+        check_replacement(old)
+        try:
+            reader = await self.open_read(path)
+        except IsADirectory as error:
+            raise IsADirectory(error.path, f"cannot replace content in {error.path}: it is a "
+                                           "directory") from error
         writer: FileWriter | None = None
         count = 0
         try:
@@ -526,8 +525,8 @@ class _ArchiveReader(FileReader):
             self._iterator = response.iter_content(CHUNK_SIZE)
             member = tarstream.read_member_header(self._read_exactly)
             if member is None or member.kind != b"0":
-                raise FileBusy(f"{self.info.path} changed while the server was reading it; "
-                               "retry.")
+                raise FileBusy(self.info.path, f"{self.info.path} changed while the server was "
+                                               "reading it; retry.")
             return member.size
 
         try:
@@ -539,7 +538,7 @@ class _ArchiveReader(FileReader):
             raise FileNotFound(self.info.path) from error
         except APIError as error:
             await self.close()
-            raise _engine_failure(error, "read", self.info.path) from error
+            raise _engine_failure(error, self._sandbox_id, "read", self.info.path) from error
         except BaseException:
             await self.close()
             raise
@@ -622,7 +621,7 @@ class _Writer(FileWriter):
 
     async def write(self, data: bytes) -> None:
         if self._spool is None:
-            raise RuntimeFailure(f"write of {self.path} was already finished or aborted")
+            raise FileFailure(self.path, f"write of {self.path} was already finished or aborted")
         self._pending.append(data)
         self._pending_size += len(data)
         if self._pending_size >= CHUNK_SIZE:
@@ -675,11 +674,11 @@ class _Writer(FileWriter):
             await self._runtime.engine.call(api.put_archive, container_name(self._sandbox_id),
                                             self._directory, body())
         except APIError as error:
-            raise _engine_failure(error, "write", self.path) from error
+            raise _engine_failure(error, self._sandbox_id, "write", self.path) from error
 
     async def commit(self) -> None:
         if self._done:
-            raise RuntimeFailure(f"write of {self.path} was already finished or aborted")
+            raise FileFailure(self.path, f"write of {self.path} was already finished or aborted")
         await self.seal()
         result = await self._runtime.run_helper(self._sandbox_id, [
             "commit", self._temp_path, self._real, str(self.uid), str(self.gid),
@@ -688,10 +687,10 @@ class _Writer(FileWriter):
         if result.exit_code != 0:
             if b"OSB:short" in result.stderr:
                 # The archive API wrote beside what the sandbox sees (a tmpfs, say).
-                raise RuntimeFailure(f"cannot write {self.path}: the engine's archive API "
-                                     "cannot reach that place in the sandbox (a tmpfs?); "
-                                     "write it with a command instead",
-                                     code="FILE_NOT_ACCESSIBLE", status=403)
+                raise PathNotAccessible(self.path, f"cannot write {self.path}: the engine's "
+                                                   "archive API cannot reach that place in the "
+                                                   "sandbox (a tmpfs?); write it with a "
+                                                   "command instead")
             raise _failure(result, "write", self.path)
 
     async def abort(self) -> None:

@@ -120,8 +120,8 @@ while IFS= read -r line; do
   nonce=${line%% *}
   eval "set -- ${line#* }"
   if [ "$1" = write ]; then ( main "$@" ); else ( main "$@" ) </dev/null; fi
-  status=$?
-  printf '\n@@end %s %s\n' "$nonce" "$status"
+  rc=$?
+  printf '\n@@end %s %s\n' "$nonce" "$rc"
   printf '\n@@end %s\n' "$nonce" >&2
 done
 """

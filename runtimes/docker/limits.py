@@ -3,8 +3,8 @@
 Values follow Kubernetes quantities, the way upstream parses them: `cpu` is `"2"`, `"0.5"` or
 `"500m"` (millicores); `memory` is a number with an optional `k/M/G/T/P/E` suffix, binary
 with `i` (`512Mi` = 512·2²⁰) or decimal without (`1G` = 10⁹), an optional trailing `b`, in
-any case. Upstream silently drops a value it cannot parse; we refuse it with a 400, because
-a sandbox that quietly runs without its limit is worse than a clear error.
+any case. Upstream silently drops a value it cannot parse; we refuse it, because a
+sandbox that quietly runs without its limit is worse than a clear error.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-from opensandbox_emulator.runtimes.base import RuntimeFailure
+from opensandbox_emulator.runtimes.failures import InvalidArgument
 
 CPU = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(m?)\s*$")
 MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([kmgtpe]?)(i?)b?\s*$", re.IGNORECASE)
@@ -28,9 +28,9 @@ class Limits:
     memory_bytes: int | None = None
 
 
-def _invalid(key: str, value: str, example: str) -> RuntimeFailure:
-    return RuntimeFailure(f"resourceLimits.{key} '{value}' is not a valid quantity; write it "
-                          f"like {example}.", code="SANDBOX::INVALID_PARAMETER", status=400)
+def _invalid(key: str, value: str, example: str) -> InvalidArgument:
+    return InvalidArgument(f"resourceLimits.{key} '{value}' is not a valid quantity; write it "
+                           f"like {example}.", field=f"resourceLimits.{key}")
 
 
 def parse_cpu(value: str) -> int:
@@ -46,8 +46,8 @@ def parse_cpu(value: str) -> int:
         amount /= 1000
     nano = int(amount * 1_000_000_000)
     if nano < 10_000_000:
-        raise RuntimeFailure(f"resourceLimits.cpu '{value}' is below Docker's minimum of 10m "
-                             "(0.01 CPU).", code="SANDBOX::INVALID_PARAMETER", status=400)
+        raise InvalidArgument(f"resourceLimits.cpu '{value}' is below Docker's minimum of 10m "
+                              "(0.01 CPU).", field="resourceLimits.cpu")
     return nano
 
 
@@ -62,8 +62,8 @@ def parse_memory(value: str) -> int:
         raise _invalid("memory", value, '"512Mi" or "1G"')
     size = int(Decimal(number) * base ** POWERS[unit.lower()])
     if size < MIN_MEMORY:
-        raise RuntimeFailure(f"resourceLimits.memory '{value}' is below Docker's minimum of "
-                             "6Mi.", code="SANDBOX::INVALID_PARAMETER", status=400)
+        raise InvalidArgument(f"resourceLimits.memory '{value}' is below Docker's minimum of "
+                              "6Mi.", field="resourceLimits.memory")
     return size
 
 

@@ -44,13 +44,9 @@ import contextlib
 import signal as signals
 from collections.abc import Awaitable, Callable
 
-from opensandbox_emulator.runtimes.base import (
-    ExecutableNotFound,
-    ExitStatus,
-    SandboxProcess,
-    SpawnFailed,
-)
+from opensandbox_emulator.runtimes.base import ExitStatus, SandboxProcess
 from opensandbox_emulator.runtimes.docker.engine import RawStream, frames
+from opensandbox_emulator.runtimes.failures import ExecutableNotFound, SpawnFailed
 
 BUFFER_LIMIT = 64 * 1024
 # How long the end of a piped exec's stream may lag behind the end of its process.
@@ -80,9 +76,9 @@ if [ "$merge" = 1 ]; then
     printf '\000\000OSB:exit %s %s\n' "$tag" "$?"; } | cat 3>&-
 else
   { { (trap - INT TERM HUP QUIT; exec "$@") 2>&1 1>&4 3>&- 4>&-
-      status=$?
-      printf '\000\000OSB:exit %s %s\n' "$tag" "$status" >&4
-      printf '\000\000OSB:exit %s %s\n' "$tag" "$status"; } | cat 1>&3 3>&- 4>&-
+      rc=$?
+      printf '\000\000OSB:exit %s %s\n' "$tag" "$rc" >&4
+      printf '\000\000OSB:exit %s %s\n' "$tag" "$rc"; } | cat 1>&3 3>&- 4>&-
   } 4>&1 | cat 3>&-
 fi
 """
@@ -378,7 +374,7 @@ def spawn_failure(handshake: str, program: str, cwd: str | None) -> SpawnFailed:
         return SpawnFailed(f"working directory {cwd} does not exist in the sandbox: "
                            "no such file or directory")
     if handshake == "noexec":
-        return ExecutableNotFound(f'exec: "{program}": executable file not found in $PATH')
+        return ExecutableNotFound(program)
     detail = handshake.removeprefix("eof").strip()
     return SpawnFailed("could not start the command through docker exec; the image needs "
                        "/bin/sh for that" + (f": {detail}" if detail else ""))

@@ -45,16 +45,19 @@ from opensandbox_emulator.runtimes.base import (
     Phase,
     ResourceUsage,
     Runtime,
-    RuntimeFailure,
     RuntimeStatus,
-    SandboxMissing,
     SandboxProcess,
     SandboxSpec,
-    SpawnFailed,
     SpawnRequest,
 )
 from opensandbox_emulator.runtimes.docker import labels
-from opensandbox_emulator.runtimes.docker.engine import Engine, ExecStartError, RawStream
+from opensandbox_emulator.runtimes.docker.engine import (
+    Engine,
+    ExecStartError,
+    RawStream,
+    refused_as_invalid,
+    wrong_state,
+)
 from opensandbox_emulator.runtimes.docker.expiry import ExpiryStore, default_state_dir
 from opensandbox_emulator.runtimes.docker.helpers import (
     AGENT_ARGV,
@@ -74,11 +77,25 @@ from opensandbox_emulator.runtimes.docker.processes import (
     wrap,
 )
 from opensandbox_emulator.runtimes.docker.relay import RELAY_ENV, LoopbackRelay, relay_argv
-from opensandbox_emulator.runtimes.docker.volumes import (
-    NamedVolume,
-    pvc_failure,
-    sub_path_source,
-    to_mount,
+from opensandbox_emulator.runtimes.docker.volumes import NamedVolume, sub_path_source, to_mount
+from opensandbox_emulator.runtimes.failures import (
+    HelperFailed,
+    ImageUnavailable,
+    InvalidArgument,
+    NetworkNotFound,
+    NoNetworkAddress,
+    PauseFailed,
+    QueryFailed,
+    RemoveFailed,
+    ResumeFailed,
+    RuntimeFailure,
+    SandboxMissing,
+    SpawnFailed,
+    StartFailed,
+    SubPathNotFound,
+    TimedOut,
+    VolumeNotFound,
+    VolumeQueryFailed,
 )
 
 if TYPE_CHECKING:
@@ -135,10 +152,11 @@ class DockerRuntime(Runtime):
             try:
                 await self.engine.call(self.engine.client.networks.get, self.network)
             except NotFound as error:
-                raise RuntimeFailure(
+                raise NetworkNotFound(
+                    self.network,
                     f"[docker] network_mode: Docker network '{self.network}' does not exist; "
                     f"create it (docker network create {self.network}) or use \"bridge\".",
-                    code="DOCKER::NETWORK_NOT_FOUND") from error
+                ) from error
         await self.expiry.load()
         containers = await self.engine.call(
             self.engine.client.containers.list, all=True,
@@ -179,12 +197,12 @@ class DockerRuntime(Runtime):
         try:
             volume = await self.engine.call(self.engine.client.volumes.get, claim_name)
         except NotFound as error:
-            raise pvc_failure(f"Docker volume '{claim_name}' does not exist; create it first "
-                              f"(docker volume create {claim_name}).",
-                              "VOLUME::PVC_NOT_FOUND") from error
+            raise VolumeNotFound(claim_name, f"Docker volume '{claim_name}' does not exist; "
+                                 f"create it first (docker volume create {claim_name}).") \
+                from error
         except APIError as error:
-            raise pvc_failure(f"Inspecting Docker volume '{claim_name}' failed: "
-                              f"{_explain(error)}", "VOLUME::PVC_INSPECT_FAILED", 500) from error
+            raise VolumeQueryFailed(claim_name, f"Inspecting Docker volume '{claim_name}' "
+                                    f"failed: {_explain(error)}") from error
         attrs = volume.attrs
         return NamedVolume(claim_name, attrs.get("Driver", ""), attrs.get("Mountpoint", ""))
 
@@ -202,8 +220,8 @@ class DockerRuntime(Runtime):
         except ImageNotFound:
             pass
         except APIError as error:
-            raise RuntimeFailure(f"Inspecting image '{spec.image}' failed: {_explain(error)}",
-                                 code="DOCKER::SANDBOX_IMAGE_PULL_FAILED") from error
+            raise ImageUnavailable(spec.image, f"Inspecting image '{spec.image}' failed: "
+                                   f"{_explain(error)}") from error
         repository, tag = parse_repository_tag(spec.image)
         auth = None
         if spec.image_auth is not None:
@@ -213,11 +231,12 @@ class DockerRuntime(Runtime):
             await self.engine.call(client.images.pull, repository, tag=tag or "latest",
                                    auth_config=auth)
         except APIError as error:
-            raise RuntimeFailure(
+            raise ImageUnavailable(
+                spec.image,
                 f"Image '{spec.image}' is not on the Docker engine and pulling it failed: "
                 f"{_explain(error)}. Check the name and the registry credentials "
                 "(image.auth), or load the image locally (docker pull / docker load).",
-                code="DOCKER::SANDBOX_IMAGE_PULL_FAILED") from error
+            ) from error
 
     def _security_options(self) -> list[str]:
         options = []
@@ -277,19 +296,17 @@ class DockerRuntime(Runtime):
             with contextlib.suppress(APIError):
                 await self.engine.call(container.remove, force=True)
             self._sandboxes.discard(spec.sandbox_id)
-            raise RuntimeFailure(f"Failed to create or start container: {_explain(error)}",
-                                 code="DOCKER::SANDBOX_START_FAILED") from error
+            raise StartFailed(f"Failed to create or start container: {_explain(error)}") \
+                from error
 
     def _create_failure(self, spec: SandboxSpec, error: APIError) -> RuntimeFailure:
         text = _explain(error)
-        if error.status_code == 400 and "bind source path does not exist" in text:
-            return RuntimeFailure(f"A volume's subPath does not exist in its Docker volume: "
-                                  f"{text}", code="VOLUME::PVC_SUBPATH_NOT_FOUND", status=400)
-        if error.status_code == 400:
-            return RuntimeFailure(f"The Docker engine refused the sandbox: {text}",
-                                  code="SANDBOX::INVALID_PARAMETER", status=400)
-        return RuntimeFailure(f"Failed to create or start container: {text}",
-                              code="DOCKER::SANDBOX_START_FAILED")
+        if refused_as_invalid(error) and "bind source path does not exist" in text:
+            return SubPathNotFound(None, "A volume's subPath does not exist in its Docker "
+                                         f"volume: {text}")
+        if refused_as_invalid(error):
+            return InvalidArgument(f"The Docker engine refused the sandbox: {text}")
+        return StartFailed(f"Failed to create or start container: {text}")
 
     # --- state -------------------------------------------------------------------------------
 
@@ -301,8 +318,8 @@ class DockerRuntime(Runtime):
             self._forget(sandbox_id)
             raise SandboxMissing(sandbox_id) from error
         except APIError as error:
-            raise RuntimeFailure(f"Inspecting sandbox {sandbox_id} failed: {_explain(error)}",
-                                 code="DOCKER::SANDBOX_QUERY_FAILED") from error
+            raise QueryFailed(sandbox_id, f"Inspecting sandbox {sandbox_id} failed: "
+                              f"{_explain(error)}") from error
         if (attrs.get("Config", {}).get("Labels") or {}).get(labels.ID) != sandbox_id:
             raise SandboxMissing(sandbox_id)
         return attrs  # type: ignore[no-any-return]
@@ -322,24 +339,22 @@ class DockerRuntime(Runtime):
         return RuntimeStatus(Phase.UNKNOWN)
 
     async def pause(self, sandbox_id: str) -> None:
-        await self._lifecycle_call(sandbox_id, self.engine.api.pause,
-                                   "DOCKER::SANDBOX_PAUSE_FAILED", "pausing")
+        await self._lifecycle_call(sandbox_id, self.engine.api.pause, PauseFailed)
 
     async def resume(self, sandbox_id: str) -> None:
-        await self._lifecycle_call(sandbox_id, self.engine.api.unpause,
-                                   "DOCKER::SANDBOX_RESUME_FAILED", "resuming")
+        await self._lifecycle_call(sandbox_id, self.engine.api.unpause, ResumeFailed)
         for pgid, sig in self._pending_signals.pop(sandbox_id, []):
             await self.signal_group(sandbox_id, pgid, sig)
 
-    async def _lifecycle_call(self, sandbox_id: str, action: Any, code: str, what: str) -> None:
+    async def _lifecycle_call(self, sandbox_id: str, action: Any,
+                              failure: type[PauseFailed | ResumeFailed]) -> None:
         try:
             await self.engine.call(action, labels.container_name(sandbox_id))
         except NotFound as error:
             raise SandboxMissing(sandbox_id) from error
         except APIError as error:
-            status = 409 if error.status_code == 409 else 500
-            raise RuntimeFailure(f"{what.capitalize()} sandbox {sandbox_id} failed: "
-                                 f"{_explain(error)}", code=code, status=status) from error
+            raise failure(sandbox_id, _explain(error), wrong_state=wrong_state(error)) \
+                from error
 
     async def destroy(self, sandbox_id: str) -> None:
         name = labels.container_name(sandbox_id)
@@ -349,7 +364,7 @@ class DockerRuntime(Runtime):
         except NotFound:
             pass
         except APIError as error:
-            if error.status_code != 409:  # 409: not running; removing it is all that is left
+            if not wrong_state(error):  # not running: removing it is all that is left
                 log.warning("killing sandbox %s: %s", sandbox_id, _explain(error))
         try:
             await self.engine.call(api.remove_container, name, force=True, v=False)
@@ -357,8 +372,7 @@ class DockerRuntime(Runtime):
             pass
         except APIError as error:
             if "already in progress" not in _explain(error):
-                raise RuntimeFailure(f"Removing sandbox {sandbox_id} failed: {_explain(error)}",
-                                     code="DOCKER::SANDBOX_DELETE_FAILED") from error
+                raise RemoveFailed(sandbox_id, _explain(error)) from error
         for process in list(self._processes.pop(sandbox_id, ())):
             await process.close()
         pool = self._agents.pop(sandbox_id, None)
@@ -394,16 +408,16 @@ class DockerRuntime(Runtime):
             raise SandboxMissing(sandbox_id) from error
         except APIError as error:
             raise SpawnFailed(f"the sandbox cannot run commands now: {_explain(error)}",
-                              status=409 if error.status_code == 409 else 500) from error
+                              wrong_state=wrong_state(error)) from error
         return str(created["Id"])
 
     async def _attach(self, exec_id: str) -> RawStream:
         try:
             return await self.engine.attach_exec(exec_id)
         except (ExecStartError, OSError) as error:
-            status = error.status if isinstance(error, ExecStartError) else 500
             raise SpawnFailed(f"the sandbox cannot run commands now: {error}",
-                              status=409 if status == 409 else 500) from error
+                              wrong_state=isinstance(error, ExecStartError) and error.wrong_state
+                              ) from error
 
     async def spawn(self, sandbox_id: str, request: SpawnRequest) -> SandboxProcess:
         if not request.argv:
@@ -504,16 +518,15 @@ class DockerRuntime(Runtime):
                 return await pool.call(args, payload)
         except AgentGone:
             if payload:
-                raise RuntimeFailure(f"the helper of sandbox {sandbox_id} ended while "
-                                     "receiving a file; is the sandbox still running?",
-                                     code="DOCKER::HELPER_FAILED") from None
+                raise HelperFailed(sandbox_id, f"the helper of sandbox {sandbox_id} ended while "
+                                   "receiving a file; is the sandbox still running?") from None
             # The agent died under the call (the container stopped or restarted, say);
             # a one-off exec either works or says why it cannot.
             return await self._run_once(sandbox_id, one_shot_argv(args), limit_seconds)
         except TimeoutError as error:
-            raise RuntimeFailure(f"a helper in sandbox {sandbox_id} did not answer within "
-                                 f"{limit_seconds:.0f} s; is the sandbox paused?",
-                                 code="DOCKER::HELPER_TIMEOUT", status=504) from error
+            raise TimedOut(limit_seconds, f"a helper in sandbox {sandbox_id} did not answer "
+                                          f"within {limit_seconds:.0f} s; is the sandbox "
+                                          "paused?") from error
 
     async def _run_once(self, sandbox_id: str, argv: list[str],
                         limit_seconds: float) -> HelperResult:
@@ -565,9 +578,7 @@ class DockerRuntime(Runtime):
             address = next((n.get("IPAddress") for n in networks.values()
                             if n.get("IPAddress")), None)
         if not address:
-            raise RuntimeFailure(f"Sandbox {sandbox_id} has no address on Docker network "
-                                 f"'{self.network}'; is it running?",
-                                 code="DOCKER::NETWORK_MODE_ENDPOINT_UNAVAILABLE", status=503)
+            raise NoNetworkAddress(sandbox_id, self.network)
         if await _accepts(address, port):
             return address, port
         relays = self._relays.setdefault(sandbox_id, {})
@@ -593,9 +604,8 @@ class DockerRuntime(Runtime):
         except NotFound as error:
             raise SandboxMissing(sandbox_id) from error
         except APIError as error:
-            raise RuntimeFailure(f"Reading the stats of sandbox {sandbox_id} failed: "
-                                 f"{_explain(error)}", code="DOCKER::SANDBOX_QUERY_FAILED"
-                                 ) from error
+            raise QueryFailed(sandbox_id, f"Reading the stats of sandbox {sandbox_id} failed: "
+                              f"{_explain(error)}") from error
         cpu = stats.get("cpu_stats") or {}
         sample = CpuSample(at=time.monotonic(),
                            cpu_ns=int((cpu.get("cpu_usage") or {}).get("total_usage") or 0),

@@ -20,7 +20,12 @@ from dataclasses import dataclass
 
 from docker.types import Mount
 
-from opensandbox_emulator.runtimes.base import RuntimeFailure, VolumeMount
+from opensandbox_emulator.runtimes.base import VolumeMount
+from opensandbox_emulator.runtimes.failures import (
+    SubPathNotFound,
+    SubPathOutside,
+    SubPathUnsupported,
+)
 
 
 @dataclass(frozen=True)
@@ -30,34 +35,29 @@ class NamedVolume:
     mountpoint: str
 
 
-def pvc_failure(message: str, code: str, status: int = 400) -> RuntimeFailure:
-    return RuntimeFailure(message, code=code, status=status)
-
-
 def sub_path_source(volume: NamedVolume, sub_path: str) -> str:
     """`<Mountpoint>/<subPath>`, refusing a driver without a host directory and a subPath
     that leaves the volume (checked on the engine's host paths when this process sees
     them; otherwise the engine itself refuses a missing source at create time)."""
     if volume.driver != "local":
-        raise pvc_failure(f"Volume '{volume.name}' uses the '{volume.driver}' driver; a subPath "
-                          "needs a 'local' volume, whose data is a directory on the host. Drop "
-                          "the subPath or use a local volume.",
-                          "VOLUME::PVC_SUBPATH_UNSUPPORTED_DRIVER")
+        raise SubPathUnsupported(
+            volume.driver, f"Volume '{volume.name}' uses the '{volume.driver}' driver; a "
+            "subPath needs a 'local' volume, whose data is a directory on the host. Drop the "
+            "subPath or use a local volume.")
     base = posixpath.normpath(volume.mountpoint)
     target = posixpath.normpath(posixpath.join(base, sub_path))
     if not (target == base or target.startswith(base + "/")):
-        raise pvc_failure(f"subPath '{sub_path}' leaves volume '{volume.name}'.",
-                          "VOLUME::INVALID_SUB_PATH")
+        raise SubPathOutside(sub_path, f"subPath '{sub_path}' leaves volume '{volume.name}'.")
     if os.path.isdir(base):  # this process sees the engine's host filesystem
         real_base = os.path.realpath(base)
         real = os.path.realpath(target)
         if not (real == real_base or real.startswith(real_base + "/")):
-            raise pvc_failure(f"subPath '{sub_path}' leaves volume '{volume.name}' (through a "
-                              "symbolic link).", "VOLUME::INVALID_SUB_PATH")
+            raise SubPathOutside(sub_path, f"subPath '{sub_path}' leaves volume '{volume.name}' "
+                                           "(through a symbolic link).")
         if not os.path.isdir(real):
-            raise pvc_failure(f"subPath '{sub_path}' does not exist in volume '{volume.name}'; "
-                              "create that directory in the volume first.",
-                              "VOLUME::PVC_SUBPATH_NOT_FOUND")
+            raise SubPathNotFound(sub_path, f"subPath '{sub_path}' does not exist in volume "
+                                            f"'{volume.name}'; create that directory in the "
+                                            "volume first.")
         return real
     return target
 

@@ -27,23 +27,32 @@ import stat
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
-from opensandbox_emulator.runtimes.base import PathReadOnly, RuntimeFailure
+from opensandbox_emulator.runtimes.failures import (
+    CrossMountMove,
+    FileBusy,
+    FileExists,
+    FileFailure,
+    FileNotFound,
+    IsADirectory,
+    MoveIntoItself,
+    NotADirectory,
+    NotARegularFile,
+    PathNotAccessible,
+    PathReadOnly,
+    RuntimeFailure,
+)
 from opensandbox_emulator.runtimes.fake.layout import Mount, ResolvedPath, SandboxLayout
 from opensandbox_emulator.runtimes.filesystem import (
     CHUNK_SIZE,
     AccountNames,
     ChangeOwnership,
-    FileBusy,
-    FileExists,
     FileInfo,
-    FileNotFound,
     FileReader,
     FileType,
     FileWriter,
-    IsADirectory,
-    NotADirectory,
-    PathNotAccessible,
     SandboxFilesystem,
+    check_mode,
+    check_replacement,
 )
 
 NEW_FILE_MODE = 0o755  # upstream's 0777 &~ umask 022
@@ -93,24 +102,24 @@ def _magic(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
-def _failure(error: OSError, action: str, path: str) -> RuntimeFailure:
+def _failure(error: OSError, action: str, path: str) -> FileFailure:
     """An OS error as the runtime failure a client can act on."""
     code = error.errno
     if code == errno.ENOENT:
         return FileNotFound(path)
     if code == errno.ENOTDIR:
-        return NotADirectory(f"cannot {action} {path}: a component of the path is not a "
-                             "directory")
+        return NotADirectory(path, f"cannot {action} {path}: a component of the path is not "
+                                   "a directory")
     if code == errno.EISDIR:
-        return IsADirectory(f"cannot {action} {path}: it is a directory")
+        return IsADirectory(path, f"cannot {action} {path}: it is a directory")
     if code in (errno.EEXIST, errno.ENOTEMPTY):
-        return FileExists(f"cannot {action} {path}: the target already exists")
+        return FileExists(path, f"cannot {action} {path}: the target already exists")
     if code == errno.EROFS:
-        return PathReadOnly(f"cannot {action} {path}: it is on a read-only filesystem")
+        return PathReadOnly(path, f"cannot {action} {path}: it is on a read-only filesystem")
     if code == errno.ELOOP:
-        return FileBusy(f"cannot {action} {path}: it changed into a symlink while the server "
-                        "was using it; retry the request")
-    return RuntimeFailure(f"cannot {action} {path}: {error.strerror or error}")
+        return FileBusy(path, f"cannot {action} {path}: it changed into a symlink while the "
+                              "server was using it; retry the request")
+    return FileFailure(path, f"cannot {action} {path}: {error.strerror or error}")
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -164,6 +173,7 @@ class FakeFilesystem(SandboxFilesystem):
         mount = self._mount_for(resolved.sandbox_path)
         if mount.kind != "bind":
             raise PathNotAccessible(
+                self.display(path),
                 f"{self.display(path)} is on the sandbox's {mount.sandbox_path}, a kernel "
                 "filesystem each sandbox process gets on its own; the file API cannot reach "
                 f"it. Read it with a command instead (e.g. cat {resolved.sandbox_path}).")
@@ -192,8 +202,9 @@ class FakeFilesystem(SandboxFilesystem):
             actual = ""
         if actual != expected:
             _close(fd)
-            raise FileBusy(f"{shown} changed while the server was resolving it (a directory "
-                           "on the path was replaced or turned into a symlink); retry.")
+            raise FileBusy(shown, f"{shown} changed while the server was resolving it (a "
+                                  "directory on the path was replaced or turned into a "
+                                  "symlink); retry.")
         return fd
 
     def _open_target(self, target: _Target, flags: int = 0) -> int:
@@ -202,8 +213,8 @@ class FakeFilesystem(SandboxFilesystem):
     def _open_parent(self, target: _Target) -> tuple[int, str]:
         """The directory holding `target` (never a mount point itself), and its name."""
         if target.is_mount_point:
-            raise FileBusy(f"{target.shown} is a mount point of the sandbox; it cannot be "
-                           "removed, renamed or replaced.")
+            raise FileBusy(target.shown, f"{target.shown} is a mount point of the sandbox; it "
+                                         "cannot be removed, renamed or replaced.")
         parent = posixpath.dirname(target.sandbox_path)
         name = posixpath.basename(target.sandbox_path)
         return self._open(parent, target.shown, os.O_DIRECTORY), name
@@ -241,12 +252,6 @@ class FakeFilesystem(SandboxFilesystem):
                         changed_ns=st.st_ctime_ns, owner=names.user(st.st_uid),
                         group=names.group(st.st_gid), mode=stat.S_IMODE(st.st_mode),
                         type=_file_type(st.st_mode))
-
-    @staticmethod
-    def _check_mode(mode: int | None) -> None:
-        if mode is not None and not 0 <= mode <= 0o7777:
-            raise RuntimeFailure(f"mode {oct(mode)} is out of range (0 to 7777 octal)",
-                                 code="INVALID_REQUEST_BODY", status=400)
 
     def _ids(self, ownership: ChangeOwnership) -> tuple[int, int]:
         """(uid, gid) for the names, -1 for "leave it"; reads the sandbox's files only
@@ -354,11 +359,10 @@ class FakeFilesystem(SandboxFilesystem):
         try:
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):
-                raise IsADirectory(f"{target.shown} is a directory; download files one by "
-                                   "one (search lists them).")
+                raise IsADirectory(target.shown, f"cannot read {target.shown}: it is a "
+                                                 "directory")
             if not stat.S_ISREG(st.st_mode):
-                raise RuntimeFailure(f"{target.shown} is not a regular file",
-                                     code="INVALID_FILE", status=400)
+                raise NotARegularFile(target.shown)
             handle = self._reopen(fd, os.O_RDONLY)
         except OSError as error:
             raise _failure(error, "read", target.shown) from error
@@ -372,10 +376,10 @@ class FakeFilesystem(SandboxFilesystem):
         return await asyncio.to_thread(self._open_write, path, ownership)
 
     def _open_write(self, path: str, ownership: ChangeOwnership) -> _Writer:
-        self._check_mode(ownership.mode)
+        check_mode(ownership.mode)
         target = self._target(path)
         if target.is_mount_point:
-            raise IsADirectory(f"cannot write {target.shown}: it is a directory")
+            raise IsADirectory(target.shown, f"cannot write {target.shown}: it is a directory")
         target.resolved.require_writable()
         uid, gid = self._ids(ownership)
         self._make_dirs(posixpath.dirname(target.sandbox_path), ChangeOwnership())
@@ -389,7 +393,8 @@ class FakeFilesystem(SandboxFilesystem):
                 existing = None
             if existing is not None:
                 if stat.S_ISDIR(existing.st_mode):
-                    raise IsADirectory(f"cannot write {target.shown}: it is a directory")
+                    raise IsADirectory(target.shown,
+                                       f"cannot write {target.shown}: it is a directory")
                 mode = ownership.mode or stat.S_IMODE(existing.st_mode)
                 uid = existing.st_uid if uid == -1 else uid
                 gid = existing.st_gid if gid == -1 else gid
@@ -410,7 +415,7 @@ class FakeFilesystem(SandboxFilesystem):
         await asyncio.to_thread(self._make_dirs, path, ownership)
 
     def _make_dirs(self, path: str, ownership: ChangeOwnership) -> None:
-        self._check_mode(ownership.mode)
+        check_mode(ownership.mode)
         target = self._target(path)
         shown = target.shown
         self._ids(ownership)  # unknown names fail before anything is created
@@ -428,7 +433,7 @@ class FakeFilesystem(SandboxFilesystem):
                     break
             assert fd is not None  # "/" always exists
             if not stat.S_ISDIR(os.fstat(fd).st_mode):
-                raise NotADirectory(f"cannot create directory {shown}: "
+                raise NotADirectory(shown, f"cannot create directory {shown}: "
                                     f"{'/' + '/'.join(parts[:existing])} exists and is not "
                                     "a directory")
             if existing < len(parts):
@@ -470,7 +475,7 @@ class FakeFilesystem(SandboxFilesystem):
         target.resolved.require_writable()
         for mount in self._nested_mounts(target.sandbox_path):
             if mount.read_only:
-                raise PathReadOnly(f"cannot remove {target.shown}: it contains "
+                raise PathReadOnly(target.shown, f"cannot remove {target.shown}: it contains "
                                    f"{mount.sandbox_path}, a read-only mount of the sandbox")
         try:
             if target.is_mount_point:
@@ -533,8 +538,8 @@ class FakeFilesystem(SandboxFilesystem):
     def _remove_file(self, path: str) -> None:
         target = self._target(path, follow_last=False)
         if target.is_mount_point:
-            raise IsADirectory(f"{target.shown} is a directory; remove directories with "
-                               "DELETE /directories")
+            raise IsADirectory(target.shown,
+                               f"cannot remove {target.shown}: it is a directory")
         if not os.path.lexists(target.host_path):
             return
         self._unlink(target)
@@ -550,8 +555,8 @@ class FakeFilesystem(SandboxFilesystem):
             except FileNotFoundError:
                 return
             if stat.S_ISDIR(st.st_mode):
-                raise IsADirectory(f"{target.shown} is a directory; remove directories with "
-                                   "DELETE /directories")
+                raise IsADirectory(target.shown,
+                                   f"cannot remove {target.shown}: it is a directory")
             target.resolved.require_writable()
             os.unlink(name, dir_fd=parent)
         except FileNotFoundError:
@@ -570,24 +575,21 @@ class FakeFilesystem(SandboxFilesystem):
             raise FileNotFound(source.shown, "source path")
         destination = self._target(dest, follow_last=False)
         if os.path.lexists(destination.host_path):
-            raise FileExists(f"destination path already exists: {destination.shown}; "
-                             "remove it first (moves never overwrite)")
+            raise FileExists(destination.shown, f"destination path already exists: "
+                                                f"{destination.shown}; remove it first (moves "
+                                                "never overwrite)")
         for end in (source, destination):
             if end.is_mount_point:
-                raise FileBusy(f"{end.shown} is a mount point of the sandbox; it cannot be "
-                               "moved")
+                raise FileBusy(end.shown, f"{end.shown} is a mount point of the sandbox; it "
+                                          "cannot be moved")
             end.resolved.require_writable()
         nested = self._nested_mounts(source.sandbox_path)
         if nested:
-            raise FileBusy(f"{source.shown} contains {nested[0].sandbox_path}, a mount point "
-                           "of the sandbox; it cannot be moved")
+            raise FileBusy(source.shown, f"{source.shown} contains {nested[0].sandbox_path}, a "
+                                         "mount point of the sandbox; it cannot be moved")
         if source.mount != destination.mount:
-            raise RuntimeFailure(
-                f"cannot move {source.shown} to {destination.shown}: they are on different "
-                f"mounts of the sandbox ({source.mount.sandbox_path} and "
-                f"{destination.mount.sandbox_path}), and rename cannot cross mounts. Copy "
-                "it instead (download and upload, or `cp -r` in a command).",
-                code="CROSS_MOUNT_MOVE", status=400)
+            raise CrossMountMove(source.shown, destination.shown, source.mount.sandbox_path,
+                                 destination.mount.sandbox_path)
         self._make_dirs(posixpath.dirname(destination.sandbox_path), ChangeOwnership())
         src_parent, src_name = self._open_parent(source)
         try:
@@ -596,17 +598,12 @@ class FakeFilesystem(SandboxFilesystem):
                 _rename_noreplace(src_parent, src_name, dest_parent, dest_name)
             finally:
                 os.close(dest_parent)
-        except FileExistsError as error:
-            raise FileExists(f"destination path already exists: {destination.shown}") \
-                from error
         except OSError as error:
             if error.errno == errno.EEXIST:
-                raise FileExists(f"destination path already exists: {destination.shown}") \
-                    from error
+                raise FileExists(destination.shown, "destination path already exists: "
+                                                    f"{destination.shown}") from error
             if error.errno == errno.EINVAL:
-                raise RuntimeFailure(f"cannot move {source.shown} into itself "
-                                     f"({destination.shown})", code="INVALID_REQUEST_BODY",
-                                     status=400) from error
+                raise MoveIntoItself(source.shown, destination.shown) from error
             raise _failure(error, "move", source.shown) from error
         finally:
             os.close(src_parent)
@@ -615,13 +612,14 @@ class FakeFilesystem(SandboxFilesystem):
         await asyncio.to_thread(self._set_ownership, path, ownership)
 
     def _set_ownership(self, path: str, ownership: ChangeOwnership) -> None:
-        self._check_mode(ownership.mode)
+        check_mode(ownership.mode)
         target = self._target(path)
         self._ids(ownership)
         fd = self._open_target(target)
         try:
             if stat.S_ISLNK(os.fstat(fd).st_mode):
-                raise FileBusy(f"{target.shown} turned into a symlink meanwhile; retry")
+                raise FileBusy(target.shown,
+                               f"{target.shown} turned into a symlink meanwhile; retry")
             if not ownership.changes_anything:
                 return
             target.resolved.require_writable()
@@ -632,9 +630,7 @@ class FakeFilesystem(SandboxFilesystem):
             os.close(fd)
 
     async def replace(self, path: str, old: bytes, new: bytes) -> int:
-        if not old:
-            raise RuntimeFailure("the text to replace (old) must not be empty",
-                                 code="INVALID_REQUEST_BODY", status=400)
+        check_replacement(old)
         return await asyncio.to_thread(self._replace, path, old, new)
 
     def _replace(self, path: str, old: bytes, new: bytes) -> int:
@@ -644,11 +640,10 @@ class FakeFilesystem(SandboxFilesystem):
         try:
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):
-                raise IsADirectory(f"cannot replace content in {target.shown}: it is a "
-                                   "directory")
+                raise IsADirectory(target.shown, f"cannot replace content in {target.shown}: it "
+                                                 "is a directory")
             if not stat.S_ISREG(st.st_mode):
-                raise RuntimeFailure(f"{target.shown} is not a regular file",
-                                     code="INVALID_FILE", status=400)
+                raise NotARegularFile(target.shown)
             target.resolved.require_writable()
             source = self._reopen(fd, os.O_RDONLY)
         except OSError as error:
@@ -812,14 +807,15 @@ class _Writer(FileWriter):
 
     def finish(self) -> None:
         if self._done:
-            raise RuntimeFailure(f"write of {self.path} was already finished or aborted")
+            raise FileFailure(self.path, f"write of {self.path} was already finished or aborted")
         self._seal()
         parent = self._open_directory()
         try:
             os.rename(self._temp, self._name, src_dir_fd=parent, dst_dir_fd=parent)
             self._done = True
         except IsADirectoryError as error:
-            raise IsADirectory(f"cannot write {self.path}: it is a directory") from error
+            raise IsADirectory(self.path, f"cannot write {self.path}: it is a directory") \
+                from error
         finally:
             if not self._done:
                 with contextlib.suppress(OSError):

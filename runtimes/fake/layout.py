@@ -9,13 +9,17 @@ cannot see.
 
 from __future__ import annotations
 
-import errno
 import os
 import posixpath
 import stat
 from dataclasses import dataclass
 
-from opensandbox_emulator.runtimes.base import PathReadOnly, RuntimeFailure
+from opensandbox_emulator.runtimes.failures import (
+    MountPathRefused,
+    PathReadOnly,
+    RuntimeFailure,
+    SymlinkLoop,
+)
 
 # Host directories every sandbox sees read-only. Those that are symlinks on the host
 # (`/bin -> usr/bin` on merged-/usr systems) are recreated as the same symlink instead.
@@ -43,7 +47,8 @@ class ResolvedPath:
 
     def require_writable(self) -> None:
         if self.read_only:
-            raise PathReadOnly(f"{self.sandbox_path} is on a read-only mount of the sandbox; "
+            raise PathReadOnly(self.sandbox_path,
+                               f"{self.sandbox_path} is on a read-only mount of the sandbox; "
                                "write under /tmp, /workspace or a writable volume instead.")
 
 
@@ -79,12 +84,12 @@ class SandboxLayout:
         mounts.append(Mount("/proc", "/proc", read_only=True, kind="proc"))
         layout = cls(root, mounts)
         for volume in volumes:
-            target = layout.resolve(volume.sandbox_path, must_exist=False)
+            target = layout.resolve(volume.sandbox_path)
             if target.read_only:
-                raise RuntimeFailure(
+                raise MountPathRefused(
+                    volume.sandbox_path,
                     f"Volume mountPath {volume.sandbox_path} lies on a read-only system "
-                    "directory of the sandbox; mount it elsewhere (for example under /mnt).",
-                    code="VOLUME::INVALID_MOUNT_PATH", status=400)
+                    "directory of the sandbox; mount it elsewhere (for example under /mnt).")
             os.makedirs(target.host_path, exist_ok=True)
             layout = cls(root, [*layout.mounts, volume])
         return layout
@@ -106,12 +111,11 @@ class SandboxLayout:
         host = os.path.join(mount.host_path, rest) if rest else mount.host_path
         return host, mount.read_only
 
-    def resolve(self, path: str, *, follow_last: bool = True,
-                must_exist: bool = False) -> ResolvedPath:
+    def resolve(self, path: str, *, follow_last: bool = True) -> ResolvedPath:
         """Map a sandbox path to the host, following `..` and symlinks as the sandbox would.
 
         With `follow_last=False` a final symlink is not followed (for delete, rename and
-        lstat). Raises `RuntimeFailure(FILE_NOT_FOUND)` when `must_exist` and it is missing.
+        lstat). A missing path resolves too: what exists is followed, the rest kept as written.
         """
         if not path.startswith("/"):
             path = "/" + path
@@ -140,8 +144,7 @@ class SandboxLayout:
             if stat.S_ISLNK(info.st_mode) and (follow_last or not is_last):
                 hops += 1
                 if hops > MAX_SYMLINK_HOPS:
-                    raise RuntimeFailure(f"Too many levels of symbolic links in {path}.",
-                                         code="INVALID_REQUEST_BODY", status=400)
+                    raise SymlinkLoop(path)
                 target = os.readlink(host)
                 parts = [c for c in target.split("/") if c]
                 if target.startswith("/"):
@@ -151,8 +154,6 @@ class SandboxLayout:
             current.append(name)
         sandbox_path = "/" + "/".join(current)
         host, read_only = self._to_host(sandbox_path)
-        if must_exist and not os.path.lexists(host):
-            raise RuntimeFailure(f"file not found: {path}", code="FILE_NOT_FOUND", status=404)
         return ResolvedPath(sandbox_path, host, read_only)
 
     def exists(self, path: str) -> bool:
@@ -191,7 +192,3 @@ class SandboxLayout:
                 args += [flag, mount.host_path, mount.sandbox_path]
         return args
 
-
-def not_found(path: str) -> RuntimeFailure:
-    return RuntimeFailure(f"file not found: {path}: {os.strerror(errno.ENOENT)}",
-                          code="FILE_NOT_FOUND", status=404)

@@ -24,18 +24,25 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from opensandbox_emulator.runtimes.base import (
-    ExecutableNotFound,
     ExitStatus,
     Phase,
     ResourceUsage,
     Runtime,
-    RuntimeFailure,
     RuntimeStatus,
-    SandboxMissing,
     SandboxProcess,
     SandboxSpec,
-    SpawnFailed,
     SpawnRequest,
+)
+from opensandbox_emulator.runtimes.failures import (
+    ExecutableNotFound,
+    SandboxMissing,
+    SpawnFailed,
+    StartFailed,
+    SubPathNotFound,
+    SubPathOutside,
+    Unavailable,
+    VolumeNotFound,
+    VolumesUnsupported,
 )
 from opensandbox_emulator.runtimes.fake.filesystem import FakeFilesystem
 from opensandbox_emulator.runtimes.fake.layout import Mount, SandboxLayout
@@ -101,7 +108,7 @@ class FakeRuntime(Runtime):
             if problem is None:
                 self._bwrap = shutil.which("bwrap")
             elif self._isolation_wanted == "bubblewrap":
-                raise RuntimeFailure(f"bubblewrap isolation was required but {problem}")
+                raise Unavailable(f"bubblewrap isolation was required but {problem}")
             else:
                 self._warnings.append(
                     f"NO ISOLATION: {problem}. Sandbox processes run directly on this host and "
@@ -144,21 +151,18 @@ class FakeRuntime(Runtime):
     async def resolve_named_volume(self, claim_name: str, sub_path: str | None) -> str:
         base = os.path.join(self.volumes_root, claim_name)
         if not os.path.isdir(base):
-            raise RuntimeFailure(
-                f"Named volume '{claim_name}' does not exist. Create the directory "
-                f"{base} (the fake runtime's volumes root) first.",
-                code="VOLUME::PVC_NOT_FOUND", status=400)
+            raise VolumeNotFound(
+                claim_name, f"Named volume '{claim_name}' does not exist. Create the directory "
+                f"{base} (the fake runtime's volumes root) first.")
         if not sub_path:
             return base
         target = os.path.realpath(os.path.join(base, sub_path))
         if not (target == os.path.realpath(base) or
                 target.startswith(os.path.realpath(base) + "/")):
-            raise RuntimeFailure(f"subPath '{sub_path}' escapes volume '{claim_name}'.",
-                                 code="VOLUME::INVALID_SUB_PATH", status=400)
+            raise SubPathOutside(sub_path, f"subPath '{sub_path}' escapes volume '{claim_name}'.")
         if not os.path.isdir(target):
-            raise RuntimeFailure(f"subPath '{sub_path}' does not exist in volume "
-                                 f"'{claim_name}'.", code="VOLUME::PVC_SUBPATH_NOT_FOUND",
-                                 status=400)
+            raise SubPathNotFound(sub_path, f"subPath '{sub_path}' does not exist in volume "
+                                  f"'{claim_name}'.")
         return target
 
     async def create(self, spec: SandboxSpec) -> None:
@@ -177,9 +181,9 @@ class FakeRuntime(Runtime):
                 raise
         else:
             if spec.volumes:
-                raise RuntimeFailure("Volumes need bubblewrap isolation, which this server "
-                                     "does not have; install bubblewrap or drop the volumes.",
-                                     code="VOLUME::UNSUPPORTED", status=400)
+                raise VolumesUnsupported("Volumes need bubblewrap isolation, which this server "
+                                         "does not have; install bubblewrap or drop the "
+                                         "volumes.")
             os.makedirs(directory, exist_ok=True)
             layout = SandboxLayout.identity()
         env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LANG": "C.UTF-8",
@@ -191,8 +195,7 @@ class FakeRuntime(Runtime):
             sandbox.main = await self._start(sandbox, SpawnRequest(argv=list(spec.entrypoint)))
         except SpawnFailed as error:
             await self.destroy(spec.sandbox_id)
-            raise RuntimeFailure(f"Failed to start the entrypoint: {error.message}",
-                                 code="DOCKER::SANDBOX_START_FAILED", status=500) from error
+            raise StartFailed(f"Failed to start the entrypoint: {error.message}") from error
         sandbox.watcher = asyncio.create_task(self._watch_main(sandbox))
 
     async def _watch_main(self, sandbox: FakeSandbox) -> None:
@@ -239,7 +242,7 @@ class FakeRuntime(Runtime):
             raise SpawnFailed("empty command")
         program = request.argv[0]
         if layout.find_executable(program, env.get("PATH", DEFAULT_PATH)) is None:
-            raise ExecutableNotFound(f'exec: "{program}": executable file not found in $PATH')
+            raise ExecutableNotFound(program)
         argv = list(request.argv)
         if request.uid is not None or request.gid is not None:
             ids = []

@@ -13,18 +13,20 @@ from urllib.parse import quote, unquote
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from opensandbox_emulator.runtimes.base import RuntimeFailure
+from opensandbox_emulator.runtimes.failures import RuntimeFailure, SandboxMissing
 from opensandbox_emulator.server.access.forward import HttpForwarder, forward_websocket
 from opensandbox_emulator.server.errors import (
+    LIFECYCLE_API,
     ApiError,
     ExecdUnauthorized,
-    SandboxNotFound,
+    InvalidPort,
     SandboxNotReachable,
     SandboxPaused,
     send_error,
 )
 from opensandbox_emulator.server.execd.sandbox import SCOPE_KEY, ExecdHub
-from opensandbox_emulator.server.lifecycle.service import SandboxService, runtime_error
+from opensandbox_emulator.server.failures import api_error
+from opensandbox_emulator.server.lifecycle.service import SandboxService
 
 EXECD_PORT = 44772
 TOKEN_HEADER = "x-execd-access-token"
@@ -48,10 +50,6 @@ class Dispatcher:
         request path (percent-escapes kept, no query) the target is to see."""
         try:
             await self._check(scope, sandbox_id, port)
-        except ApiError as error:
-            await send_error(scope, send, error)
-            return
-        try:
             if port == EXECD_PORT:
                 await self._to_execd(scope, receive, send, sandbox_id, path)
             else:
@@ -59,14 +57,13 @@ class Dispatcher:
         except ApiError as error:
             await send_error(scope, send, error)
         except RuntimeFailure as error:
-            await send_error(scope, send, runtime_error(error))
+            await send_error(scope, send, api_error(error, LIFECYCLE_API))
 
     async def _check(self, scope: Scope, sandbox_id: str, port: int) -> None:
         if not 1 <= port <= 65535:
-            raise ApiError(f"Port must be between 1 and 65535 (got {port}).",
-                           code="DOCKER::INVALID_PORT", status_code=400)
+            raise InvalidPort(port)
         if not self.service.exists(sandbox_id):
-            raise SandboxNotFound(sandbox_id)
+            raise SandboxMissing(sandbox_id)
         state = await self.service.state(sandbox_id)
         if state.state in ("Paused", "Pausing"):
             raise SandboxPaused(sandbox_id)

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from opensandbox_emulator.server.errors import install_error_handlers
+from opensandbox_emulator.server.errors import EXECD_API
 from opensandbox_emulator.server.execd import health, metrics
 from opensandbox_emulator.server.execd.code.routes import router as code_router
 from opensandbox_emulator.server.execd.commands.routes import router as commands_router
 from opensandbox_emulator.server.execd.files import router as files_router
+from opensandbox_emulator.server.handlers import install_error_handlers
 
 
 def create_execd_app() -> FastAPI:
     app = FastAPI(title="OpenSandbox execd (embedded)", docs_url=None, redoc_url=None,
                   openapi_url=None)
-    install_error_handlers(app, validation_code="INVALID_REQUEST_BODY",
-                           not_found_code="NOT_FOUND")
+    install_error_handlers(app, EXECD_API)
     app.include_router(health.router)
     app.include_router(files_router)
     app.include_router(metrics.router)

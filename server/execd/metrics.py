@@ -16,10 +16,11 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from starlette.responses import JSONResponse, StreamingResponse
 
-from opensandbox_emulator.runtimes.base import RuntimeFailure, SandboxMissing
+from opensandbox_emulator.runtimes.failures import RuntimeFailure, SandboxMissing
 from opensandbox_emulator.server.clock import epoch_ms
-from opensandbox_emulator.server.errors import ApiError
+from opensandbox_emulator.server.errors import EXECD_API
 from opensandbox_emulator.server.execd.sandbox import ExecdSandbox, current_sandbox
+from opensandbox_emulator.server.failures import api_error
 
 router = APIRouter(tags=["metrics"])
 
@@ -40,8 +41,9 @@ async def metrics(sandbox: ExecdSandbox = Depends(current_sandbox)) -> JSONRespo
     try:
         return JSONResponse(await sample(sandbox))
     except RuntimeFailure as error:
-        raise ApiError(f"error reading runtime metrics. {error.message}", code=error.code,
-                       status_code=error.status) from error
+        # Upstream words this route's errors with a prefix of its own.
+        raise api_error(error, EXECD_API, message="error reading runtime metrics. "
+                                                  f"{error.message}") from error
 
 
 @router.get("/metrics/watch")

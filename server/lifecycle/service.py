@@ -18,20 +18,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
 
-from opensandbox_emulator.runtimes.base import (
-    Phase,
-    Runtime,
-    RuntimeFailure,
-    SandboxMissing,
-    SandboxSpec,
-)
+from opensandbox_emulator.runtimes.base import Phase, Runtime, SandboxSpec
+from opensandbox_emulator.runtimes.failures import RuntimeFailure, SandboxMissing
 from opensandbox_emulator.server.clock import Clock, IdGenerator, rfc3339
 from opensandbox_emulator.server.config import Config
 from opensandbox_emulator.server.errors import (
     ApiError,
     InvalidExpiration,
     InvalidParameter,
-    SandboxNotFound,
     SandboxNotPaused,
     SandboxNotRunning,
 )
@@ -74,13 +68,6 @@ class SandboxRecord:
         return self.spec.sandbox_id
 
 
-def runtime_error(error: RuntimeFailure) -> ApiError:
-    """A runtime failure as the API reports it."""
-    if isinstance(error, SandboxMissing):
-        return SandboxNotFound(error.message.split()[1])
-    return ApiError(error.message, code=error.code, status_code=error.status)
-
-
 class SandboxService:
     def __init__(self, runtime: Runtime, config: Config, clock: Clock, ids: IdGenerator):
         self.runtime = runtime
@@ -121,7 +108,7 @@ class SandboxService:
     def _record(self, sandbox_id: str) -> SandboxRecord:
         record = self._records.get(sandbox_id)
         if record is None:
-            raise SandboxNotFound(sandbox_id)
+            raise SandboxMissing(sandbox_id)
         return record
 
     def _moved(self, record: SandboxRecord, state: SandboxState) -> None:
@@ -139,10 +126,7 @@ class SandboxService:
         if record.transition is not None:
             current = record.transition
         else:
-            try:
-                status = await self.runtime.inspect(sandbox_id)
-            except SandboxMissing as error:
-                raise SandboxNotFound(sandbox_id) from error
+            status = await self.runtime.inspect(sandbox_id)
             current = {Phase.RUNNING: RUNNING, Phase.PAUSED: PAUSED,
                        Phase.STARTING: PENDING}.get(status.phase, UNKNOWN)
             if status.phase is Phase.EXITED:
@@ -188,7 +172,7 @@ class SandboxService:
                 continue
             try:
                 state = await self.state(record.id)
-            except SandboxNotFound:
+            except SandboxMissing:
                 continue
             if wanted_states and state.state.lower() not in wanted_states:
                 continue
@@ -198,7 +182,7 @@ class SandboxService:
         chosen = matches[(page - 1) * page_size: page * page_size]
         items = []
         for sandbox_id in chosen:
-            with contextlib.suppress(SandboxNotFound):
+            with contextlib.suppress(SandboxMissing):
                 items.append(await self.describe(sandbox_id))
         return {"items": items,
                 "pagination": {"page": page, "pageSize": page_size, "totalItems": total,
@@ -211,10 +195,7 @@ class SandboxService:
                                allowed_host_paths=self.config.storage.allowed_host_paths)
         for volume in volumes:
             if volume.kind == "pvc":
-                try:
-                    await self.runtime.resolve_named_volume(volume.source, volume.sub_path)
-                except RuntimeFailure as error:
-                    raise runtime_error(error) from error
+                await self.runtime.resolve_named_volume(volume.source, volume.sub_path)
         now = self.clock.now()
         expires = now + timedelta(seconds=request.timeout) if request.timeout else None
         auth = request.image.auth
@@ -231,9 +212,6 @@ class SandboxService:
         self._records[spec.sandbox_id] = record
         try:
             await self.runtime.create(spec)
-        except RuntimeFailure as error:
-            self._records.pop(spec.sandbox_id, None)
-            raise runtime_error(error) from error
         except BaseException:
             self._records.pop(spec.sandbox_id, None)
             raise
@@ -253,9 +231,9 @@ class SandboxService:
             await self.runtime.destroy(sandbox_id)
         except SandboxMissing:
             pass
-        except RuntimeFailure as error:
+        except RuntimeFailure:
             record.transition = None
-            raise runtime_error(error) from error
+            raise
         self._records.pop(sandbox_id, None)
         for task in record.tasks:
             task.cancel()
@@ -298,10 +276,7 @@ class SandboxService:
         state = await self.state(sandbox_id)
         if state is not PAUSED:
             raise SandboxNotPaused(state.state)
-        try:
-            await self.runtime.resume(sandbox_id)
-        except RuntimeFailure as error:
-            raise runtime_error(error) from error
+        await self.runtime.resume(sandbox_id)
         self._moved(self._record(sandbox_id), RUNNING)
 
     async def renew(self, sandbox_id: str, expires_at: str) -> dict[str, str]:
@@ -318,10 +293,7 @@ class SandboxService:
             raise InvalidExpiration(f"New expiration time must be in the future (got "
                                     f"{rfc3339(when)}, now is {rfc3339(self.clock.now())}).")
         record.expires_at = when
-        try:
-            await self.runtime.set_expiry(sandbox_id, when)
-        except RuntimeFailure as error:
-            raise runtime_error(error) from error
+        await self.runtime.set_expiry(sandbox_id, when)
         self._wake.set()
         return {"expiresAt": rfc3339(when)}
 
@@ -334,7 +306,7 @@ class SandboxService:
                    if r.expires_at is not None and r.expires_at <= now]
         for sandbox_id in expired:
             log.info("sandbox %s expired", sandbox_id)
-            with contextlib.suppress(ApiError):
+            with contextlib.suppress(ApiError, RuntimeFailure):
                 await self.delete(sandbox_id)
         return expired
 

@@ -19,12 +19,8 @@ import logging
 import signal
 from dataclasses import dataclass, field
 
-from opensandbox_emulator.runtimes.base import (
-    ExecutableNotFound,
-    RuntimeFailure,
-    SpawnFailed,
-    SpawnRequest,
-)
+from opensandbox_emulator.runtimes.base import SpawnRequest
+from opensandbox_emulator.runtimes.failures import ExecutableNotFound, RuntimeFailure
 from opensandbox_emulator.server.execd.code.drivers import DRIVERS, LANGUAGES, UNSUPPORTED, Driver
 from opensandbox_emulator.server.execd.code.errors import (
     ContextBusy,
@@ -206,14 +202,10 @@ class CodeContexts:
         try:
             return await Interpreter.start(self.sandbox.runtime, self.sandbox.sandbox_id,
                                            driver, context.cwd, label=label)
-        except SpawnFailed as error:
-            if isinstance(error, ExecutableNotFound) or "executable file not found" in \
-                    error.message:
-                raise LanguageUnavailable(
-                    f"{driver.language} contexts need `{driver.tool}`, which is not on this "
-                    f"sandbox's PATH ({error.message}); {driver.hint}.") from error
-            raise InterpreterFailed(f"could not start the {driver.language} interpreter: "
-                                    f"{error.message}") from error
+        except ExecutableNotFound as error:
+            raise LanguageUnavailable(
+                f"{driver.language} contexts need `{driver.tool}`, which is not on this "
+                f"sandbox's PATH ({error.message}); {driver.hint}.") from error
         except RuntimeFailure as error:
             raise InterpreterFailed(f"could not start the {driver.language} interpreter: "
                                     f"{error.message}") from error

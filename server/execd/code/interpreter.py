@@ -27,10 +27,10 @@ from opensandbox_emulator.runtimes.base import (
     ExitStatus,
     ProcessOutput,
     Runtime,
-    RuntimeFailure,
     SandboxProcess,
     SpawnRequest,
 )
+from opensandbox_emulator.runtimes.failures import RuntimeFailure
 from opensandbox_emulator.server.execd.code.drivers import Driver, Failure
 from opensandbox_emulator.server.execd.code.errors import InterpreterFailed, LanguageUnavailable
 from opensandbox_emulator.server.execd.code.framing import FrameParser

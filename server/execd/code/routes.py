@@ -24,7 +24,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from starlette.responses import JSONResponse, Response
 
-from opensandbox_emulator.runtimes.base import RuntimeFailure
+from opensandbox_emulator.runtimes.failures import RuntimeFailure
 from opensandbox_emulator.server.clock import Clock, epoch_ms
 from opensandbox_emulator.server.errors import ApiError
 from opensandbox_emulator.server.execd.code.contexts import CodeContext, check_language, contexts_of

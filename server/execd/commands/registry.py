@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 
-from opensandbox_emulator.runtimes.base import SpawnFailed
+from opensandbox_emulator.runtimes.failures import SpawnFailed
 from opensandbox_emulator.server.execd.commands.runner import Command, CommandSpec, spawn_shell
 from opensandbox_emulator.server.execd.errors import NotFound
 from opensandbox_emulator.server.execd.sandbox import ExecdSandbox

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from opensandbox_emulator.runtimes.base import RuntimeFailure
+from opensandbox_emulator.runtimes.failures import RuntimeFailure
 from opensandbox_emulator.server.execd.commands.registry import commands_of
 from opensandbox_emulator.server.execd.commands.runner import CommandSpec
 from opensandbox_emulator.server.execd.errors import (

@@ -27,14 +27,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from opensandbox_emulator.runtimes.base import (
-    ExecutableNotFound,
     ExitStatus,
     ProcessOutput,
     Runtime,
     SandboxProcess,
-    SpawnFailed,
     SpawnRequest,
 )
+from opensandbox_emulator.runtimes.failures import ExecutableNotFound, SpawnFailed
 from opensandbox_emulator.server.clock import Clock, epoch_ms, rfc3339_nano
 from opensandbox_emulator.server.execd.commands.logbuffer import LogBuffer
 from opensandbox_emulator.server.execd.events import (
@@ -453,12 +452,6 @@ async def spawn_shell(runtime: Runtime, sandbox_id: str, spec: CommandSpec) -> S
                                merge_stderr=spec.background)
         try:
             return await runtime.spawn(sandbox_id, request)
-        except SpawnFailed as error:
-            if not _missing_executable(error):
-                raise
+        except ExecutableNotFound as error:
             failures.append(error)
     raise SpawnFailed("; ".join(failure.message for failure in failures))
-
-
-def _missing_executable(error: SpawnFailed) -> bool:
-    return isinstance(error, ExecutableNotFound) or "executable file not found" in error.message

@@ -1,42 +1,18 @@
-"""What every file route shares: runtime failures as API errors, the sandbox's filesystem,
-the octal-digits mode convention and the FileInfo body."""
+"""What every file route shares: the sandbox's filesystem, the octal-digits mode convention
+and the FileInfo body. (Runtime failures become API errors in the app's one handler.)"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Depends
-from fastapi.routing import APIRoute
-from starlette.requests import Request
 from starlette.responses import Response
 
-from opensandbox_emulator.runtimes.base import RuntimeFailure
 from opensandbox_emulator.runtimes.filesystem import ChangeOwnership, FileInfo, SandboxFilesystem
 from opensandbox_emulator.server.clock import rfc3339_nano
 from opensandbox_emulator.server.errors import ApiError
 from opensandbox_emulator.server.execd.errors import InvalidRequestBody
 from opensandbox_emulator.server.execd.sandbox import ExecdSandbox, current_sandbox
-
-
-class FileRoute(APIRoute):
-    """Routes whose runtime failures (`FILE_NOT_FOUND`, `FILE_READ_ONLY`…) become the
-    `{"code","message"}` reply with the status the runtime suggests."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def run(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except RuntimeFailure as error:
-                raise as_api_error(error) from error
-
-        return run
-
-
-def as_api_error(error: RuntimeFailure) -> ApiError:
-    return ApiError(error.message, code=error.code, status_code=error.status)
 
 
 def sandbox_files(sandbox: ExecdSandbox = Depends(current_sandbox)) -> SandboxFilesystem:  # noqa: B008

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from opensandbox_emulator.runtimes.failures import IsADirectory
 from opensandbox_emulator.runtimes.filesystem import FileReader, SandboxFilesystem
 from opensandbox_emulator.server.errors import ApiError
 
@@ -115,7 +116,13 @@ def _http_date(value: str | None) -> int | None:
 
 
 async def download(fs: SandboxFilesystem, path: str, request: Request) -> Response:
-    reader = await fs.open_read(path)
+    try:
+        reader = await fs.open_read(path)
+    except IsADirectory as error:
+        # Reworded for this route: a download takes one file, and search lists a
+        # directory's files.
+        raise IsADirectory(error.path, f"{error.path} is a directory; download files one by "
+                                       "one (search lists them).") from error
     try:
         response = _respond(reader, request)
     except BaseException:

@@ -14,10 +14,10 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from opensandbox_emulator.runtimes.failures import IsADirectory
 from opensandbox_emulator.runtimes.filesystem import ChangeOwnership, SandboxFilesystem
 from opensandbox_emulator.server.execd.errors import InvalidRequestBody, MissingQuery
 from opensandbox_emulator.server.execd.files.common import (
-    FileRoute,
     empty,
     file_info_body,
     ownership,
@@ -27,7 +27,7 @@ from opensandbox_emulator.server.execd.files.download import download
 from opensandbox_emulator.server.execd.files.globs import BadPattern, compile_glob
 from opensandbox_emulator.server.execd.files.upload import receive_upload
 
-router = APIRouter(tags=["filesystem"], route_class=FileRoute)
+router = APIRouter(tags=["filesystem"])
 
 Files = Annotated[SandboxFilesystem, Depends(sandbox_files)]
 Paths = Annotated[list[str], Query(alias="path")]
@@ -71,7 +71,13 @@ async def files_info(fs: Files, paths: Paths = []) -> JSONResponse:  # noqa: B00
 async def delete_files(fs: Files, paths: Paths = []) -> Response:  # noqa: B006
     _nonempty(paths)
     for path in paths:
-        await fs.remove_file(path)
+        try:
+            await fs.remove_file(path)
+        except IsADirectory as error:
+            # Reworded for this route: the client asked to remove files, so say which
+            # route removes directories.
+            raise IsADirectory(error.path, f"{error.path} is a directory; remove directories "
+                                           "with DELETE /directories") from error
     return empty()
 
 

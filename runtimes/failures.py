@@ -1,0 +1,283 @@
+"""What can go wrong in a runtime: small exception classes that carry the facts.
+
+A runtime says *what* happened (this sandbox is missing, that path is read-only, a volume
+does not exist) with the facts as attributes and a sentence for a person in `message`. It
+never says how an API reports it: the server keeps one table (`server/failures.py`) from
+these classes to a status and an upstream error code, looked up along each class's MRO,
+so a new subclass is reported like its nearest listed ancestor until it gets a row.
+"""
+
+from __future__ import annotations
+
+
+class RuntimeFailure(Exception):
+    """Something the runtime could not do; `message` says what, for a person."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+# --- sandboxes -----------------------------------------------------------------------------
+
+
+class SandboxMissing(RuntimeFailure):
+    """No sandbox with this id (any more): never created, deleted, or removed behind the
+    server's back."""
+
+    def __init__(self, sandbox_id: str, message: str | None = None):
+        super().__init__(message or f"Sandbox {sandbox_id} not found.")
+        self.sandbox_id = sandbox_id
+
+
+class StartFailed(RuntimeFailure):
+    """The sandbox could not be created, or its main process could not start."""
+
+
+class ImageUnavailable(RuntimeFailure):
+    """The sandbox's image is not there and could not be pulled."""
+
+    def __init__(self, image: str, message: str):
+        super().__init__(message)
+        self.image = image
+
+
+class QueryFailed(RuntimeFailure):
+    """Reading the state or the usage of a sandbox failed."""
+
+    def __init__(self, sandbox_id: str, message: str):
+        super().__init__(message)
+        self.sandbox_id = sandbox_id
+
+
+class PauseFailed(RuntimeFailure):
+    """`wrong_state`: refused because of the sandbox's state (not running, already
+    paused), rather than broken."""
+
+    def __init__(self, sandbox_id: str, reason: str, *, wrong_state: bool = False):
+        super().__init__(f"Pausing sandbox {sandbox_id} failed: {reason}")
+        self.sandbox_id = sandbox_id
+        self.wrong_state = wrong_state
+
+
+class ResumeFailed(RuntimeFailure):
+    """`wrong_state`: refused because of the sandbox's state (not paused)."""
+
+    def __init__(self, sandbox_id: str, reason: str, *, wrong_state: bool = False):
+        super().__init__(f"Resuming sandbox {sandbox_id} failed: {reason}")
+        self.sandbox_id = sandbox_id
+        self.wrong_state = wrong_state
+
+
+class RemoveFailed(RuntimeFailure):
+    def __init__(self, sandbox_id: str, reason: str):
+        super().__init__(f"Removing sandbox {sandbox_id} failed: {reason}")
+        self.sandbox_id = sandbox_id
+
+
+class HelperFailed(RuntimeFailure):
+    """A small operation the runtime runs inside the sandbox broke off."""
+
+    def __init__(self, sandbox_id: str, message: str):
+        super().__init__(message)
+        self.sandbox_id = sandbox_id
+
+
+class TimedOut(RuntimeFailure):
+    """An operation inside the sandbox did not answer in time."""
+
+    def __init__(self, seconds: float, message: str):
+        super().__init__(message)
+        self.seconds = seconds
+
+
+# --- processes -----------------------------------------------------------------------------
+
+
+class SpawnFailed(RuntimeFailure):
+    """The process could not start (a missing cwd or shell); the message names the cause.
+    `wrong_state`: the sandbox cannot run anything now (paused, stopped)."""
+
+    def __init__(self, message: str, *, wrong_state: bool = False):
+        super().__init__(message)
+        self.wrong_state = wrong_state
+
+
+class ExecutableNotFound(SpawnFailed):
+    """The program is not on the sandbox's PATH (execd then falls back from bash to sh).
+    The message keeps Go's wording: `exec: "bash": executable file not found in $PATH`."""
+
+    def __init__(self, program: str):
+        super().__init__(f'exec: "{program}": executable file not found in $PATH')
+        self.program = program
+
+
+# --- what the runtime was asked ------------------------------------------------------------
+
+
+class InvalidArgument(RuntimeFailure):
+    """A value the runtime cannot act on (a resource limit, a mode, a move into itself);
+    `field` names it where one field is to blame."""
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+class SymlinkLoop(InvalidArgument):
+    def __init__(self, path: str):
+        super().__init__(f"Too many levels of symbolic links in {path}.", field="path")
+        self.path = path
+
+
+class Unsupported(RuntimeFailure):
+    """This runtime does not do that at all."""
+
+
+class Unavailable(RuntimeFailure):
+    """Something the runtime needs is not there now (the Docker engine, bubblewrap)."""
+
+
+class NoNetworkAddress(Unavailable):
+    """The sandbox has no address on its network (it is not running, say)."""
+
+    def __init__(self, sandbox_id: str, network: str):
+        super().__init__(f"Sandbox {sandbox_id} has no address on Docker network '{network}'; "
+                         "is it running?")
+        self.sandbox_id = sandbox_id
+        self.network = network
+
+
+class NetworkNotFound(RuntimeFailure):
+    def __init__(self, network: str, message: str):
+        super().__init__(message)
+        self.network = network
+
+
+# --- volumes -------------------------------------------------------------------------------
+
+
+class VolumeNotFound(RuntimeFailure):
+    def __init__(self, name: str, message: str):
+        super().__init__(message)
+        self.name = name
+
+
+class VolumeQueryFailed(RuntimeFailure):
+    def __init__(self, name: str, message: str):
+        super().__init__(message)
+        self.name = name
+
+
+class VolumesUnsupported(RuntimeFailure):
+    """Volumes cannot be mounted here at all."""
+
+
+class SubPathNotFound(RuntimeFailure):
+    def __init__(self, sub_path: str | None, message: str):
+        super().__init__(message)
+        self.sub_path = sub_path
+
+
+class SubPathOutside(RuntimeFailure):
+    """The subPath leads out of its volume."""
+
+    def __init__(self, sub_path: str, message: str):
+        super().__init__(message)
+        self.sub_path = sub_path
+
+
+class SubPathUnsupported(RuntimeFailure):
+    """The volume's driver keeps no directory a subPath could be taken from."""
+
+    def __init__(self, driver: str, message: str):
+        super().__init__(message)
+        self.driver = driver
+
+
+class MountPathRefused(RuntimeFailure):
+    """A volume cannot be mounted where it was asked to be."""
+
+    def __init__(self, mount_path: str, message: str):
+        super().__init__(message)
+        self.mount_path = mount_path
+
+
+# --- files ---------------------------------------------------------------------------------
+
+
+class FileFailure(RuntimeFailure):
+    """An operation on `path` (as the sandbox names it) failed."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path = path
+
+
+class FileNotFound(FileFailure):
+    def __init__(self, path: str, what: str = "file"):
+        super().__init__(path, f"{what} not found: {path} (no such file or directory in the "
+                               "sandbox)")
+
+
+class IsADirectory(FileFailure):
+    pass
+
+
+class NotADirectory(FileFailure):
+    pass
+
+
+class NotARegularFile(FileFailure):
+    def __init__(self, path: str):
+        super().__init__(path, f"{path} is not a regular file")
+
+
+class FileExists(FileFailure):
+    pass
+
+
+class FileBusy(FileFailure):
+    """The path is a mount point, or it changed under us while being resolved."""
+
+
+class PathReadOnly(FileFailure):
+    pass
+
+
+class PathNotAccessible(FileFailure):
+    pass
+
+
+class MoveIntoItself(InvalidArgument):
+    def __init__(self, source: str, target: str):
+        super().__init__(f"cannot move {source} into itself ({target})", field="dest")
+        self.source = source
+        self.target = target
+
+
+class CrossMountMove(FileFailure):
+    """A move between two mounts of the sandbox, which rename cannot do."""
+
+    def __init__(self, source: str, target: str, source_mount: str, target_mount: str):
+        super().__init__(source, f"cannot move {source} to {target}: they are on different "
+                                 f"mounts of the sandbox ({source_mount} and {target_mount}), "
+                                 "and rename cannot cross mounts. Copy it instead (download "
+                                 "and upload, or `cp -r` in a command).")
+        self.target = target
+
+
+class UnknownUser(RuntimeFailure):
+    def __init__(self, name: str):
+        super().__init__(f"user '{name}' does not exist in the sandbox (not in its "
+                         "/etc/passwd); use an existing name such as root or nobody, or a "
+                         "numeric uid.")
+        self.name = name
+
+
+class UnknownGroup(RuntimeFailure):
+    def __init__(self, name: str):
+        super().__init__(f"group '{name}' does not exist in the sandbox (not in its "
+                         "/etc/group); use an existing name such as root or nogroup, or a "
+                         "numeric gid.")
+        self.name = name
