@@ -17,7 +17,7 @@ def make_runtime(kind: str, **options: Any) -> Runtime:
 
         return FakeRuntime(**options)
     if kind == "docker":
-        from opensandbox_emulator.runtimes.docker import DockerRuntime  # type: ignore[import-not-found]
+        from opensandbox_emulator.runtimes.docker.runtime import DockerRuntime
 
-        return DockerRuntime(**options)  # type: ignore[no-any-return]
+        return DockerRuntime(**options)
     raise ValueError(f"unknown runtime type {kind!r}; expected 'fake' or 'docker'")

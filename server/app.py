@@ -50,7 +50,7 @@ def runtime_from_config(config: Config) -> Runtime:
         return make_runtime("fake", state_dir=config.fake.state_dir or None,
                             volumes_root=config.fake.volumes_root or None,
                             isolation=config.fake.isolation)
-    return make_runtime(config.runtime.type, config=config)
+    return make_runtime(config.runtime.type, settings=config.docker)
 
 
 class OpenSandboxServer:

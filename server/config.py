@@ -4,6 +4,7 @@ An `opensandbox-server` config file works unchanged: `[server]`, `[runtime]`, `[
 `[storage]`, `[egress]` and `[router]` keep upstream's keys (those we cannot honour are
 accepted and shown as ignored). Our own settings live in `[gateway]`, `[execd]` and
 `[fake]`. An unknown key or a bad value stops start-up with a message naming the key.
+`[docker]` is the Docker runtime's own `DockerSettings`, read here and handed to it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from opensandbox_emulator.runtimes.docker.settings import DockerSettings
 
 
 class ConfigError(Exception):
@@ -37,26 +40,6 @@ class ServerSection:
 class RuntimeSection:
     type: Literal["fake", "docker"] = "fake"
     execd_image: str = ""  # upstream injects execd from this image; ours is embedded
-
-
-@dataclass(frozen=True)
-class DockerSection:
-    network_mode: str = "bridge"
-    drop_capabilities: list[str] = field(default_factory=lambda: [
-        "AUDIT_WRITE", "MKNOD", "NET_ADMIN", "NET_RAW", "SYS_ADMIN", "SYS_MODULE",
-        "SYS_PTRACE", "SYS_TIME", "SYS_TTY_CONFIG"])
-    no_new_privileges: bool = True
-    apparmor_profile: str = ""
-    seccomp_profile: str = ""
-    pids_limit: int | None = 512
-    # Ours. Sandboxes of this server carry `opensandbox.io/instance=<instance>`; at start-up it
-    # adopts only those, so several servers can share one engine without touching each other.
-    instance: str = "default"
-    # Ours: where renewed expiry times are kept (Docker labels cannot change after create).
-    # Empty: $XDG_STATE_HOME/opensandbox-emulator (~/.local/state/opensandbox-emulator).
-    state_dir: str = ""
-    # Ours: run Docker's init (tini) as PID 1, so orphans of commands are reaped.
-    init: bool = True
 
 
 @dataclass(frozen=True)
@@ -112,7 +95,7 @@ class FakeSection:
 class Config:
     server: ServerSection = field(default_factory=ServerSection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
-    docker: DockerSection = field(default_factory=DockerSection)
+    docker: DockerSettings = field(default_factory=DockerSettings)
     storage: StorageSection = field(default_factory=StorageSection)
     egress: EgressSection = field(default_factory=EgressSection)
     router: RouterSection = field(default_factory=RouterSection)

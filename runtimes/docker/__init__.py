@@ -1,5 +1,4 @@
-"""The `docker` runtime: sandboxes as containers on a Docker engine (see `runtime.py`)."""
+"""The `docker` runtime: sandboxes as containers on a Docker engine (see `runtime.py`).
 
-from opensandbox_emulator.runtimes.docker.runtime import DockerRuntime
-
-__all__ = ["DockerRuntime"]
+Nothing is imported here, so that reading `settings.py` (the server's config does) does not
+load the Docker SDK."""

@@ -77,6 +77,7 @@ from opensandbox_emulator.runtimes.docker.processes import (
     wrap,
 )
 from opensandbox_emulator.runtimes.docker.relay import RELAY_ENV, LoopbackRelay, relay_argv
+from opensandbox_emulator.runtimes.docker.settings import DockerSettings
 from opensandbox_emulator.runtimes.docker.volumes import NamedVolume, sub_path_source, to_mount
 from opensandbox_emulator.runtimes.failures import (
     HelperFailed,
@@ -100,7 +101,6 @@ from opensandbox_emulator.runtimes.failures import (
 
 if TYPE_CHECKING:
     from opensandbox_emulator.runtimes.filesystem import SandboxFilesystem
-    from opensandbox_emulator.server.config import Config, DockerSection
 
 log = logging.getLogger("opensandbox.runtime.docker")
 
@@ -117,10 +117,8 @@ class CpuSample:
 class DockerRuntime(Runtime):
     name = "docker"
 
-    def __init__(self, *, config: Config | None = None, engine: Engine | None = None):
-        from opensandbox_emulator.server.config import Config
-
-        settings: DockerSection = (config or Config()).docker
+    def __init__(self, *, settings: DockerSettings | None = None, engine: Engine | None = None):
+        settings = settings or DockerSettings()
         self.settings = settings
         self.network = settings.network_mode or "bridge"
         self.engine = engine or Engine()
