@@ -37,6 +37,11 @@ T = TypeVar("T")
 SDK_THREADS = 16
 
 
+def explain(error: APIError) -> str:
+    """The engine's own words for a refusal."""
+    return str(error.explanation or error).strip()
+
+
 def wrong_state(error: APIError) -> bool:
     """The engine refused because of the container's state (paused, not running)."""
     return error.status_code == HTTPStatus.CONFLICT
@@ -204,6 +209,24 @@ class Engine:
         if self._client is not None:
             client, self._client = self._client, None
             await self.call(client.close)
+
+    async def open_archive(self, container: str, path: str) -> Any:
+        """`GET /containers/{container}/archive?path=…` as a streamed `requests` response,
+        which the caller reads (`iter_content`, in `call`) and closes. The SDK's own
+        `get_archive` hides the response, and a download that stops early must close it."""
+        api = self.api
+
+        def start() -> Any:
+            response = api._get(api._url("/containers/{0}/archive", container),
+                                params={"path": path}, stream=True)
+            try:
+                api._raise_for_status(response)
+            except BaseException:
+                response.close()
+                raise
+            return response
+
+        return await self.call(start)
 
     # --- exec streams ------------------------------------------------------------------------
 

@@ -29,14 +29,17 @@ import secrets
 import stat as stats
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, replace
-from typing import IO, TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import IO, Any
 
 from docker.errors import APIError, NotFound
 
 from opensandbox_emulator.runtimes.docker import tarstream
-from opensandbox_emulator.runtimes.docker.helpers import agent_can_carry
-from opensandbox_emulator.runtimes.docker.labels import container_name
+from opensandbox_emulator.runtimes.docker.engine import Engine, explain
+from opensandbox_emulator.runtimes.docker.execs import run_helper
+from opensandbox_emulator.runtimes.docker.helpers import HelperResult, agent_can_carry
+from opensandbox_emulator.runtimes.docker.mounts import MountEntry, mount_of, parse_mounts, under
+from opensandbox_emulator.runtimes.docker.sandbox import DockerSandbox
 from opensandbox_emulator.runtimes.failures import (
     CrossMountMove,
     FileBusy,
@@ -65,10 +68,6 @@ from opensandbox_emulator.runtimes.filesystem import (
     check_mode,
     check_replacement,
 )
-
-if TYPE_CHECKING:
-    from opensandbox_emulator.runtimes.docker.helpers import HelperResult
-    from opensandbox_emulator.runtimes.docker.runtime import DockerRuntime
 
 NEW_FILE_MODE = 0o755
 SPOOL_IN_MEMORY = 8 * 1024 * 1024  # an upload larger than this is spooled to disk
@@ -162,7 +161,7 @@ def _mode_arg(ownership: ChangeOwnership) -> str:
 
 def _engine_failure(error: APIError, sandbox_id: str, action: str, shown: str
                     ) -> RuntimeFailure:
-    text = str(error.explanation or error)
+    text = explain(error)
     if isinstance(error, NotFound) and "No such container" in text:
         return SandboxMissing(sandbox_id, f"cannot {action} {shown}: the sandbox is gone")
     if isinstance(error, NotFound):
@@ -172,51 +171,16 @@ def _engine_failure(error: APIError, sandbox_id: str, action: str, shown: str
     return FileFailure(shown, f"cannot {action} {shown}: {text}")
 
 
-@dataclass(frozen=True)
-class MountEntry:
-    point: str
-    fstype: str
-    read_only: bool
-
-    @property
-    def kernel(self) -> bool:
-        """Per-process kernel views (/proc, /sys, /dev…): no file API, as the fake runtime."""
-        return (self.fstype in KERNEL_FILESYSTEMS or self.point == "/dev"
-                or self.point.startswith(("/dev/", "/proc/", "/sys/")))
-
-
-KERNEL_FILESYSTEMS = {"proc", "sysfs", "devpts", "devtmpfs", "mqueue", "cgroup", "cgroup2",
-                      "securityfs", "debugfs", "tracefs", "bpf", "pstore", "configfs",
-                      "fusectl", "hugetlbfs", "binfmt_misc"}
-
-
-def _unescape(field: str) -> str:
-    """/proc/mounts writes space, tab, newline and backslash as octal escapes."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def parse_mounts(text: str) -> list[MountEntry]:
-    entries = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) >= 4:
-            entries.append(MountEntry(_unescape(fields[1]), fields[2],
-                                      "ro" in fields[3].split(",")))
-    return entries
-
-
-def _under(path: str, prefix: str) -> bool:
-    return prefix == "/" or path == prefix or path.startswith(prefix + "/")
-
-
 class DockerFilesystem(SandboxFilesystem):
-    def __init__(self, runtime: DockerRuntime, sandbox_id: str, home: str = "/root"):
-        self.runtime = runtime
-        self.sandbox_id = sandbox_id
-        self.home = home or "/root"
+    """The files of `sandbox`'s container, reached through `engine`."""
+
+    def __init__(self, sandbox: DockerSandbox, engine: Engine):
+        self.sandbox = sandbox
+        self.engine = engine
+        self.home = sandbox.home
 
     async def _run(self, *args: str) -> HelperResult:
-        return await self.runtime.run_helper(self.sandbox_id, list(args))
+        return await run_helper(self.engine, self.sandbox, list(args))
 
     async def _ids(self, ownership: ChangeOwnership) -> tuple[int, int]:
         if not ownership.owner and not ownership.group:
@@ -228,23 +192,17 @@ class DockerFilesystem(SandboxFilesystem):
     # --- resolution and the mount table -----------------------------------------------------
 
     async def _mounts(self) -> list[MountEntry]:
-        """The container's mount table; fixed once it runs (mounting needs CAP_SYS_ADMIN,
-        which sandboxes do not have), so it is read once per sandbox."""
-        cache = self.runtime.mount_tables
-        table = cache.get(self.sandbox_id)
+        """The container's mount table, read once per sandbox (it cannot change)."""
+        table = self.sandbox.mounts
         if table is None:
             result = await self._run("mounts")
             table = parse_mounts(result.stdout.decode(errors="replace"))
             if table:
-                cache[self.sandbox_id] = table
+                self.sandbox.mounts = table
         return table
 
     async def _mount_of(self, real: str) -> MountEntry:
-        best = MountEntry("/", "overlay", False)
-        for entry in await self._mounts():
-            if _under(real, entry.point) and len(entry.point) >= len(best.point):
-                best = entry
-        return best
+        return mount_of(await self._mounts(), real)
 
     async def _reachable(self, real: str, shown: str) -> MountEntry:
         mount = await self._mount_of(real)
@@ -296,7 +254,7 @@ class DockerFilesystem(SandboxFilesystem):
         found = []
         for line in sections[""]:
             info = _info(line, names)
-            if info is None or any(_under(info.path, point) for point in kernel):
+            if info is None or any(under(info.path, point) for point in kernel):
                 continue
             if match(posixpath.basename(info.path)):
                 relative = info.path[len(real):].lstrip("/") if real != "/" else \
@@ -321,7 +279,7 @@ class DockerFilesystem(SandboxFilesystem):
                 raise _failure(result, "read", info.path)
             if len(result.stdout) <= INLINE_LIMIT:
                 return _InlineReader(replace(info, size=len(result.stdout)), result.stdout)
-        reader = _ArchiveReader(self.runtime, self.sandbox_id, real, info)
+        reader = _ArchiveReader(self.engine, self.sandbox, real, info)
         await reader.open()
         return reader
 
@@ -339,8 +297,7 @@ class DockerFilesystem(SandboxFilesystem):
         if result.exit_code != 0:
             raise _failure(result, "write", shown)
         sections = _sections(result.stdout.decode(errors="surrogateescape"))
-        writer = _Writer(self.runtime, self.sandbox_id, shown, posixpath.dirname(real), temp,
-                         real)
+        writer = _Writer(self.engine, self.sandbox, shown, posixpath.dirname(real), temp, real)
         try:
             uid, gid = -1, -1
             if wants_ids:
@@ -393,12 +350,12 @@ class DockerFilesystem(SandboxFilesystem):
             return
         own = await self._mount_of(real)
         for mount in await self._mounts():
-            if mount.read_only and (_under(mount.point, real) or mount == own):
+            if mount.read_only and (under(mount.point, real) or mount == own):
                 raise PathReadOnly(shown, f"cannot remove {shown}: it contains {mount.point}, "
                                           "a read-only mount of the sandbox" if mount != own
                                    else f"cannot remove {shown}: it is on a read-only mount "
                                    "of the sandbox")
-            if mount.kernel and _under(mount.point, real) and mount.point != real:
+            if mount.kernel and under(mount.point, real) and mount.point != real:
                 raise PathNotAccessible(shown, f"cannot remove {shown}: it contains "
                                                f"{mount.point}, a kernel filesystem of the "
                                                "sandbox")
@@ -503,9 +460,9 @@ class _InlineReader(FileReader):
 class _ArchiveReader(FileReader):
     """Streams one file out of `GET …/archive`, straight from the engine's response."""
 
-    def __init__(self, runtime: DockerRuntime, sandbox_id: str, real: str, info: FileInfo):
-        self._runtime = runtime
-        self._sandbox_id = sandbox_id
+    def __init__(self, engine: Engine, sandbox: DockerSandbox, real: str, info: FileInfo):
+        self._engine = engine
+        self._sandbox = sandbox
         self._real = real
         self.info = info
         self._response: Any = None
@@ -514,15 +471,10 @@ class _ArchiveReader(FileReader):
         self._position = 0  # offset in the file of the next byte `_buffer` would give
 
     async def open(self) -> None:
-        engine = self._runtime.engine
-        api = engine.api
+        engine = self._engine
 
-        def start() -> int:
-            url = api._url("/containers/{0}/archive", container_name(self._sandbox_id))
-            response = api._get(url, params={"path": self._real}, stream=True)
-            self._response = response
-            api._raise_for_status(response)
-            self._iterator = response.iter_content(CHUNK_SIZE)
+        def first_member() -> int:
+            self._iterator = self._response.iter_content(CHUNK_SIZE)
             member = tarstream.read_member_header(self._read_exactly)
             if member is None or member.kind != b"0":
                 raise FileBusy(self.info.path, f"{self.info.path} changed while the server was "
@@ -530,15 +482,17 @@ class _ArchiveReader(FileReader):
             return member.size
 
         try:
-            size = await engine.call(start)
+            self._response = await engine.open_archive(self._sandbox.container, self._real)
+            size = await engine.call(first_member)
         except NotFound as error:
             await self.close()
             if "No such container" in str(error.explanation):
-                raise SandboxMissing(self._sandbox_id) from error
+                raise SandboxMissing(self._sandbox.sandbox_id) from error
             raise FileNotFound(self.info.path) from error
         except APIError as error:
             await self.close()
-            raise _engine_failure(error, self._sandbox_id, "read", self.info.path) from error
+            raise _engine_failure(error, self._sandbox.sandbox_id, "read", self.info.path) \
+                from error
         except BaseException:
             await self.close()
             raise
@@ -562,7 +516,7 @@ class _ArchiveReader(FileReader):
 
     async def _next(self, limit: int) -> bytes:
         if not self._buffer:
-            chunk = await self._runtime.engine.call(self._pull)
+            chunk = await self._engine.call(self._pull)
             self._buffer += chunk
         data = bytes(self._buffer[:limit])
         del self._buffer[:limit]
@@ -588,7 +542,7 @@ class _ArchiveReader(FileReader):
         self._iterator = None
         self._buffer.clear()
         if response is not None:
-            await self._runtime.engine.call(response.close)
+            await self._engine.call(response.close)
 
 
 class _Writer(FileWriter):
@@ -597,11 +551,11 @@ class _Writer(FileWriter):
     agent for a small file and `PUT …/archive` for a large one; `commit` applies mode and
     owner and renames it into place with one `mv`."""
 
-    def __init__(self, runtime: DockerRuntime, sandbox_id: str, shown: str, directory: str,
+    def __init__(self, engine: Engine, sandbox: DockerSandbox, shown: str, directory: str,
                  temp: str, real: str):
         self.path = shown
-        self._runtime = runtime
-        self._sandbox_id = sandbox_id
+        self._engine = engine
+        self._sandbox = sandbox
         self._directory = directory
         self._temp = temp
         self._real = real
@@ -645,8 +599,9 @@ class _Writer(FileWriter):
             if self._size <= INLINE_LIMIT and agent_can_carry([self._temp_path]):
                 spool.seek(0)
                 data = spool.read()
-                result = await self._runtime.run_helper(
-                    self._sandbox_id, ["write", self._temp_path, str(len(data))], payload=data)
+                result = await run_helper(self._engine, self._sandbox,
+                                          ["write", self._temp_path, str(len(data))],
+                                          payload=data)
                 if result.exit_code != 0:
                     raise _failure(result, "write", self.path)
             else:
@@ -669,18 +624,18 @@ class _Writer(FileWriter):
                 yield chunk
             yield tarstream.padding(self._size) + tarstream.END_OF_ARCHIVE
 
-        api = self._runtime.engine.api
         try:
-            await self._runtime.engine.call(api.put_archive, container_name(self._sandbox_id),
-                                            self._directory, body())
+            await self._engine.call(self._engine.api.put_archive, self._sandbox.container,
+                                    self._directory, body())
         except APIError as error:
-            raise _engine_failure(error, self._sandbox_id, "write", self.path) from error
+            raise _engine_failure(error, self._sandbox.sandbox_id, "write", self.path) \
+                from error
 
     async def commit(self) -> None:
         if self._done:
             raise FileFailure(self.path, f"write of {self.path} was already finished or aborted")
         await self.seal()
-        result = await self._runtime.run_helper(self._sandbox_id, [
+        result = await run_helper(self._engine, self._sandbox, [
             "commit", self._temp_path, self._real, str(self.uid), str(self.gid),
             format(self.mode, "o"), str(self._size)])
         self._done = True
@@ -701,4 +656,4 @@ class _Writer(FileWriter):
         if spool is not None:
             await asyncio.to_thread(spool.close)
         with contextlib.suppress(RuntimeFailure, OSError):
-            await self._runtime.run_helper(self._sandbox_id, ["discard", self._temp_path])
+            await run_helper(self._engine, self._sandbox, ["discard", self._temp_path])

@@ -30,12 +30,10 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from docker.errors import APIError, ImageNotFound, NotFound
 from docker.types import Mount
@@ -53,34 +51,28 @@ from opensandbox_emulator.runtimes.base import (
 from opensandbox_emulator.runtimes.docker import labels
 from opensandbox_emulator.runtimes.docker.engine import (
     Engine,
-    ExecStartError,
     RawStream,
+    explain,
     refused_as_invalid,
     wrong_state,
 )
+from opensandbox_emulator.runtimes.docker.execs import (
+    open_exec,
+    send_pending_signals,
+    spawn_process,
+)
 from opensandbox_emulator.runtimes.docker.expiry import ExpiryStore, default_state_dir
-from opensandbox_emulator.runtimes.docker.helpers import (
-    AGENT_ARGV,
-    AGENT_ENV,
-    Agent,
-    AgentGone,
-    AgentPool,
-    HelperResult,
-    agent_can_carry,
-    one_shot_argv,
-)
+from opensandbox_emulator.runtimes.docker.filesystem import DockerFilesystem
 from opensandbox_emulator.runtimes.docker.limits import parse_limits
-from opensandbox_emulator.runtimes.docker.processes import (
-    ExecProcess,
-    OutputPump,
-    spawn_failure,
-    wrap,
-)
 from opensandbox_emulator.runtimes.docker.relay import RELAY_ENV, LoopbackRelay, relay_argv
+from opensandbox_emulator.runtimes.docker.sandbox import (
+    CpuSample,
+    DockerSandbox,
+    inspect_container,
+)
 from opensandbox_emulator.runtimes.docker.settings import DockerSettings
 from opensandbox_emulator.runtimes.docker.volumes import NamedVolume, sub_path_source, to_mount
 from opensandbox_emulator.runtimes.failures import (
-    HelperFailed,
     ImageUnavailable,
     InvalidArgument,
     NetworkNotFound,
@@ -91,28 +83,13 @@ from opensandbox_emulator.runtimes.failures import (
     ResumeFailed,
     RuntimeFailure,
     SandboxMissing,
-    SpawnFailed,
     StartFailed,
     SubPathNotFound,
-    TimedOut,
     VolumeNotFound,
     VolumeQueryFailed,
 )
 
-if TYPE_CHECKING:
-    from opensandbox_emulator.runtimes.filesystem import SandboxFilesystem
-
 log = logging.getLogger("opensandbox.runtime.docker")
-
-HANDSHAKE_TIMEOUT = 30.0
-
-
-@dataclass
-class CpuSample:
-    at: float  # monotonic seconds
-    cpu_ns: int
-    system_ns: int | None
-
 
 class DockerRuntime(Runtime):
     name = "docker"
@@ -123,17 +100,7 @@ class DockerRuntime(Runtime):
         self.network = settings.network_mode or "bridge"
         self.engine = engine or Engine()
         self.expiry = ExpiryStore(settings.state_dir or default_state_dir(), settings.instance)
-        self._sandboxes: set[str] = set()
-        self._homes: dict[str, str] = {}  # HOME of the container's root, for `~` in files
-        self._processes: dict[str, set[ExecProcess]] = {}
-        self._cpu_samples: dict[str, CpuSample] = {}
-        self._agents: dict[str, AgentPool] = {}
-        self.mount_tables: dict[str, Any] = {}  # sandbox id -> its mounts (filesystem.py)
-        self._pending_signals: dict[str, list[tuple[int, int]]] = {}
-        # Programs a spawn found missing (bash in a busybox image, say): checked again
-        # through the agent (~1 ms) instead of another exec (~40 ms) before each retry.
-        self._missing_programs: dict[str, set[str]] = {}
-        self._relays: dict[str, dict[int, tuple[LoopbackRelay, int]]] = {}
+        self._sandboxes: dict[str, DockerSandbox] = {}
         self._host_cpus = float(os.cpu_count() or 1)
 
     @property
@@ -165,10 +132,9 @@ class DockerRuntime(Runtime):
             renewed, when = self.expiry.get(sandbox_id)
             spec = labels.spec_from_container(container.attrs)
             if renewed:
-                spec = _with_expiry(spec, when)
+                spec = replace(spec, expires_at=when)
             specs.append(spec)
-            self._sandboxes.add(sandbox_id)
-            self._homes[sandbox_id] = spec.env.get("HOME", "/root")
+            self._track(sandbox_id, spec.env.get("HOME", "/root"))
         await self.expiry.forget(keep_only=set(self._sandboxes))
         if specs:
             log.info("adopted %d sandbox container(s) of instance %r", len(specs),
@@ -178,16 +144,28 @@ class DockerRuntime(Runtime):
     async def close(self) -> None:
         """Stop reading the outputs of running execs and drop the engine connection. The
         containers stay (restart safety); so do the commands running in them."""
-        for processes in list(self._processes.values()):
-            for process in list(processes):
-                await process.close()
-        self._processes.clear()
-        for pool in list(self._agents.values()):
-            await pool.close()
-        self._agents.clear()
-        for sandbox_id in list(self._relays):
-            await self._close_relays(sandbox_id)
+        for sandbox_id in list(self._sandboxes):
+            await self._forget(sandbox_id)
         await self.engine.close()
+
+    # --- the sandboxes this runtime holds ------------------------------------------------
+
+    def _track(self, sandbox_id: str, home: str) -> DockerSandbox:
+        """The one place a `DockerSandbox` is made: a container created or adopted."""
+        sandbox = self._sandboxes[sandbox_id] = DockerSandbox(sandbox_id, home=home or "/root")
+        return sandbox
+
+    async def _forget(self, sandbox_id: str) -> None:
+        """The one place a `DockerSandbox` is dropped (and what it holds released)."""
+        sandbox = self._sandboxes.pop(sandbox_id, None)
+        if sandbox is not None:
+            await sandbox.close()
+
+    def _sandbox(self, sandbox_id: str) -> DockerSandbox:
+        sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is None:
+            raise SandboxMissing(sandbox_id)
+        return sandbox
 
     # --- provisioning ------------------------------------------------------------------------
 
@@ -200,7 +178,7 @@ class DockerRuntime(Runtime):
                 from error
         except APIError as error:
             raise VolumeQueryFailed(claim_name, f"Inspecting Docker volume '{claim_name}' "
-                                    f"failed: {_explain(error)}") from error
+                                    f"failed: {explain(error)}") from error
         attrs = volume.attrs
         return NamedVolume(claim_name, attrs.get("Driver", ""), attrs.get("Mountpoint", ""))
 
@@ -219,7 +197,7 @@ class DockerRuntime(Runtime):
             pass
         except APIError as error:
             raise ImageUnavailable(spec.image, f"Inspecting image '{spec.image}' failed: "
-                                   f"{_explain(error)}") from error
+                                   f"{explain(error)}") from error
         repository, tag = parse_repository_tag(spec.image)
         auth = None
         if spec.image_auth is not None:
@@ -232,7 +210,7 @@ class DockerRuntime(Runtime):
             raise ImageUnavailable(
                 spec.image,
                 f"Image '{spec.image}' is not on the Docker engine and pulling it failed: "
-                f"{_explain(error)}. Check the name and the registry credentials "
+                f"{explain(error)}. Check the name and the registry credentials "
                 "(image.auth), or load the image locally (docker pull / docker load).",
             ) from error
 
@@ -284,21 +262,20 @@ class DockerRuntime(Runtime):
             container = await self.engine.call(client.containers.create, spec.image, **options)
         except APIError as error:
             raise self._create_failure(spec, error) from error
-        self._sandboxes.add(spec.sandbox_id)
         env = (container.attrs.get("Config") or {}).get("Env") or []
         homes = [item[5:] for item in env if item.startswith("HOME=")]
-        self._homes[spec.sandbox_id] = homes[-1] if homes else "/root"
+        self._track(spec.sandbox_id, homes[-1] if homes else "/root")
         try:
             await self.engine.call(container.start)
         except APIError as error:
             with contextlib.suppress(APIError):
                 await self.engine.call(container.remove, force=True)
-            self._sandboxes.discard(spec.sandbox_id)
-            raise StartFailed(f"Failed to create or start container: {_explain(error)}") \
+            await self._forget(spec.sandbox_id)
+            raise StartFailed(f"Failed to create or start container: {explain(error)}") \
                 from error
 
     def _create_failure(self, spec: SandboxSpec, error: APIError) -> RuntimeFailure:
-        text = _explain(error)
+        text = explain(error)
         if refused_as_invalid(error) and "bind source path does not exist" in text:
             return SubPathNotFound(None, "A volume's subPath does not exist in its Docker "
                                          f"volume: {text}")
@@ -308,22 +285,8 @@ class DockerRuntime(Runtime):
 
     # --- state -------------------------------------------------------------------------------
 
-    async def _attrs(self, sandbox_id: str) -> dict[str, Any]:
-        try:
-            attrs = await self.engine.call(self.engine.api.inspect_container,
-                                           labels.container_name(sandbox_id))
-        except NotFound as error:
-            self._forget(sandbox_id)
-            raise SandboxMissing(sandbox_id) from error
-        except APIError as error:
-            raise QueryFailed(sandbox_id, f"Inspecting sandbox {sandbox_id} failed: "
-                              f"{_explain(error)}") from error
-        if (attrs.get("Config", {}).get("Labels") or {}).get(labels.ID) != sandbox_id:
-            raise SandboxMissing(sandbox_id)
-        return attrs  # type: ignore[no-any-return]
-
     async def inspect(self, sandbox_id: str) -> RuntimeStatus:
-        state = (await self._attrs(sandbox_id)).get("State") or {}
+        state = (await inspect_container(self.engine, sandbox_id)).get("State") or {}
         status = state.get("Status", "")
         if state.get("Paused") or status == "paused":
             return RuntimeStatus(Phase.PAUSED)
@@ -341,8 +304,9 @@ class DockerRuntime(Runtime):
 
     async def resume(self, sandbox_id: str) -> None:
         await self._lifecycle_call(sandbox_id, self.engine.api.unpause, ResumeFailed)
-        for pgid, sig in self._pending_signals.pop(sandbox_id, []):
-            await self.signal_group(sandbox_id, pgid, sig)
+        sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is not None:
+            await send_pending_signals(self.engine, sandbox)
 
     async def _lifecycle_call(self, sandbox_id: str, action: Any,
                               failure: type[PauseFailed | ResumeFailed]) -> None:
@@ -351,7 +315,7 @@ class DockerRuntime(Runtime):
         except NotFound as error:
             raise SandboxMissing(sandbox_id) from error
         except APIError as error:
-            raise failure(sandbox_id, _explain(error), wrong_state=wrong_state(error)) \
+            raise failure(sandbox_id, explain(error), wrong_state=wrong_state(error)) \
                 from error
 
     async def destroy(self, sandbox_id: str) -> None:
@@ -363,214 +327,35 @@ class DockerRuntime(Runtime):
             pass
         except APIError as error:
             if not wrong_state(error):  # not running: removing it is all that is left
-                log.warning("killing sandbox %s: %s", sandbox_id, _explain(error))
+                log.warning("killing sandbox %s: %s", sandbox_id, explain(error))
         try:
             await self.engine.call(api.remove_container, name, force=True, v=False)
         except NotFound:
             pass
         except APIError as error:
-            if "already in progress" not in _explain(error):
-                raise RemoveFailed(sandbox_id, _explain(error)) from error
-        for process in list(self._processes.pop(sandbox_id, ())):
-            await process.close()
-        pool = self._agents.pop(sandbox_id, None)
-        if pool is not None:
-            await pool.close()
-        await self._close_relays(sandbox_id)
-        self._forget(sandbox_id)
+            if "already in progress" not in explain(error):
+                raise RemoveFailed(sandbox_id, explain(error)) from error
+        await self._forget(sandbox_id)
         await self.expiry.forget({sandbox_id})
-
-    def _forget(self, sandbox_id: str) -> None:
-        self._sandboxes.discard(sandbox_id)
-        self._homes.pop(sandbox_id, None)
-        self._cpu_samples.pop(sandbox_id, None)
-        self._pending_signals.pop(sandbox_id, None)
-        self.mount_tables.pop(sandbox_id, None)
-        self._missing_programs.pop(sandbox_id, None)
 
     async def set_expiry(self, sandbox_id: str, expires_at: datetime | None) -> None:
         await self.expiry.set(sandbox_id, expires_at)
 
     # --- processes ---------------------------------------------------------------------------
 
-    async def _exec_create(self, sandbox_id: str, argv: list[str], *, user: str = "",
-                           environment: Mapping[str, str] | None = None,
-                           stdin: bool = False) -> str:
-        try:
-            created = await self.engine.call(
-                self.engine.api.exec_create, labels.container_name(sandbox_id), argv,
-                stdout=True, stderr=True, stdin=stdin, user=user,
-                environment=dict(environment or {}))
-        except NotFound as error:
-            self._forget(sandbox_id)
-            raise SandboxMissing(sandbox_id) from error
-        except APIError as error:
-            raise SpawnFailed(f"the sandbox cannot run commands now: {_explain(error)}",
-                              wrong_state=wrong_state(error)) from error
-        return str(created["Id"])
-
-    async def _attach(self, exec_id: str) -> RawStream:
-        try:
-            return await self.engine.attach_exec(exec_id)
-        except (ExecStartError, OSError) as error:
-            raise SpawnFailed(f"the sandbox cannot run commands now: {error}",
-                              wrong_state=isinstance(error, ExecStartError) and error.wrong_state
-                              ) from error
-
     async def spawn(self, sandbox_id: str, request: SpawnRequest) -> SandboxProcess:
-        if not request.argv:
-            raise SpawnFailed("empty command")
-        user = ""
-        if request.uid is not None or request.gid is not None:
-            uid = request.uid if request.uid is not None else 0
-            gid = request.gid if request.gid is not None else uid
-            user = f"{uid}:{gid}"
-        program = request.argv[0]
-        cacheable = "/" not in program and "PATH" not in request.env
-        missing = self._missing_programs.setdefault(sandbox_id, set())
-        if cacheable and program in missing:
-            if (await self.run_helper(sandbox_id, ["have", program])).exit_code != 0:
-                raise spawn_failure("noexec", program, request.cwd)
-            missing.discard(program)
-        tag = secrets.token_hex(8)
-        exec_id = await self._exec_create(
-            sandbox_id, wrap(list(request.argv), request.cwd, request.merge_stderr, tag),
-            user=user, environment=request.env, stdin=request.stdin)
-        pump = OutputPump(await self._attach(exec_id), merged=request.merge_stderr, tag=tag)
-        try:
-            handshake = await asyncio.wait_for(asyncio.shield(pump.handshake),
-                                               HANDSHAKE_TIMEOUT)
-        except (TimeoutError, asyncio.CancelledError):
-            await pump.close()
-            raise
-        if not handshake.startswith("pid "):
-            await pump.close()
-            if handshake == "noexec" and cacheable:
-                missing.add(program)
-            raise spawn_failure(handshake, program, request.cwd)
-        processes = self._processes.setdefault(sandbox_id, set())
-
-        async def inspect() -> dict[str, Any]:
-            try:
-                info: dict[str, Any] = await self.engine.call(self.engine.api.exec_inspect,
-                                                              exec_id)
-            except NotFound:
-                return {}
-            return info
-
-        async def signaller(pgid: int, sig: int) -> bool:
-            return await self.signal_group(sandbox_id, pgid, sig)
-
-        words = handshake.split()
-        process = ExecProcess(pump, int(words[1]), inspect, signaller,
-                              on_exit=processes.discard, stdin=request.stdin,
-                              piped="piped" in words[2:])
-        processes.add(process)
-        return process
-
-    async def signal_group(self, sandbox_id: str, pgid: int, sig: int) -> bool:
-        """`kill -<sig> -<pgid>` inside the container, as root; a gone group is fine.
-
-        A paused container runs nothing, not even `kill`: the signal is then queued and
-        sent on resume, and False tells the caller it has not arrived yet."""
-        try:
-            attrs = await self._attrs(sandbox_id)
-        except SandboxMissing:
-            return True  # the container is gone, and with it the group
-        state = attrs.get("State") or {}
-        if state.get("Paused"):
-            self._pending_signals.setdefault(sandbox_id, []).append((pgid, sig))
-            return False
-        if not state.get("Running"):
-            return True
-        try:
-            await self.run_helper(sandbox_id, ["kill", str(int(sig)), str(int(pgid))])
-        except (RuntimeFailure, OSError) as error:
-            log.warning("signal %s to group %s of sandbox %s failed: %s", sig, pgid, sandbox_id,
-                        error)
-            return False
-        return True
-
-    async def _agent(self, sandbox_id: str) -> Agent:
-        exec_id = await self._exec_create(sandbox_id, AGENT_ARGV, user="0", stdin=True,
-                                          environment=AGENT_ENV)
-        stream = await self._attach(exec_id)
-        return Agent(stream, stream.write)
-
-    async def run_helper(self, sandbox_id: str, args: list[str], *, payload: bytes = b"",
-                         limit_seconds: float = 120.0) -> HelperResult:
-        """One operation of `helpers.OPERATIONS`, as root, through the sandbox's agents
-        (or a one-off exec for an argument the agent's line protocol cannot carry; a
-        `payload` for `write` needs the agent)."""
-        if sandbox_id not in self._sandboxes:
-            raise SandboxMissing(sandbox_id)
-        if not agent_can_carry(args):
-            if payload:
-                raise ValueError("a helper payload needs arguments the agent can carry")
-            return await self._run_once(sandbox_id, one_shot_argv(args), limit_seconds)
-        pool = self._agents.get(sandbox_id)
-        if pool is None:
-            pool = self._agents[sandbox_id] = AgentPool(lambda: self._agent(sandbox_id))
-        try:
-            async with asyncio.timeout(limit_seconds):
-                return await pool.call(args, payload)
-        except AgentGone:
-            if payload:
-                raise HelperFailed(sandbox_id, f"the helper of sandbox {sandbox_id} ended while "
-                                   "receiving a file; is the sandbox still running?") from None
-            # The agent died under the call (the container stopped or restarted, say);
-            # a one-off exec either works or says why it cannot.
-            return await self._run_once(sandbox_id, one_shot_argv(args), limit_seconds)
-        except TimeoutError as error:
-            raise TimedOut(limit_seconds, f"a helper in sandbox {sandbox_id} did not answer "
-                                          f"within {limit_seconds:.0f} s; is the sandbox "
-                                          "paused?") from error
-
-    async def _run_once(self, sandbox_id: str, argv: list[str],
-                        limit_seconds: float) -> HelperResult:
-        exec_id = await self._exec_create(sandbox_id, argv, user="0")
-        stream = await self._attach(exec_id)
-        out = bytearray()
-        err = bytearray()
-        buffer = bytearray()
-        try:
-            async with asyncio.timeout(limit_seconds):
-                while True:
-                    data = await stream.read(65536)
-                    if not data:
-                        break
-                    buffer += data
-                    while len(buffer) >= 8:
-                        size = int.from_bytes(buffer[4:8], "big")
-                        if len(buffer) < 8 + size:
-                            break
-                        (err if buffer[0] == 2 else out).extend(buffer[8:8 + size])
-                        del buffer[:8 + size]
-                code = None
-                delay = 0.005
-                while code is None:
-                    info = await self.engine.call(self.engine.api.exec_inspect, exec_id)
-                    if not info.get("Running"):
-                        code = info.get("ExitCode")
-                    else:
-                        await asyncio.sleep(delay)
-                        delay = min(delay * 2, 0.2)
-        except NotFound as error:
-            raise SandboxMissing(sandbox_id) from error
-        finally:
-            await stream.close()
-        return HelperResult(int(code or 0), bytes(out), bytes(err))
+        return await spawn_process(self.engine, self._sandbox(sandbox_id), request)
 
     # --- ports and metrics -----------------------------------------------------------------
 
     async def port_address(self, sandbox_id: str, port: int) -> tuple[str, int]:
         """The container's address on its network when something listens there; else (an
         application bound to the container's loopback) a relay on the server's loopback."""
+        sandbox = self._sandbox(sandbox_id)
+        attrs = await inspect_container(self.engine, sandbox_id)
         if self.network == "host":
-            await self._attrs(sandbox_id)
             return "127.0.0.1", port
-        networks = ((await self._attrs(sandbox_id)).get("NetworkSettings") or {}).get(
-            "Networks") or {}
+        networks = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
         address = (networks.get(self.network) or {}).get("IPAddress")
         if not address:  # joined by hand to another network, say
             address = next((n.get("IPAddress") for n in networks.values()
@@ -579,20 +364,15 @@ class DockerRuntime(Runtime):
             raise NoNetworkAddress(sandbox_id, self.network)
         if await _accepts(address, port):
             return address, port
-        relays = self._relays.setdefault(sandbox_id, {})
-        if port not in relays:
-            relay = LoopbackRelay(port, lambda p: self._open_relay(sandbox_id, p))
-            relays[port] = (relay, await relay.start())
-        return "127.0.0.1", relays[port][1]
+        if port not in sandbox.relays:
+            relay = LoopbackRelay(port, lambda p: self._open_relay(sandbox, p))
+            sandbox.relays[port] = (relay, await relay.start())
+        return "127.0.0.1", sandbox.relays[port][1]
 
-    async def _open_relay(self, sandbox_id: str, port: int) -> RawStream:
-        exec_id = await self._exec_create(sandbox_id, relay_argv(port), stdin=True,
-                                          environment=RELAY_ENV)
-        return await self._attach(exec_id)
-
-    async def _close_relays(self, sandbox_id: str) -> None:
-        for relay, _ in self._relays.pop(sandbox_id, {}).values():
-            await relay.close()
+    async def _open_relay(self, sandbox: DockerSandbox, port: int) -> RawStream:
+        _, stream = await open_exec(self.engine, sandbox, relay_argv(port), stdin=True,
+                                    environment=RELAY_ENV)
+        return stream
 
     async def _cpu_sample(self, sandbox_id: str) -> tuple[CpuSample, dict[str, Any]]:
         name = labels.container_name(sandbox_id)
@@ -603,7 +383,7 @@ class DockerRuntime(Runtime):
             raise SandboxMissing(sandbox_id) from error
         except APIError as error:
             raise QueryFailed(sandbox_id, f"Reading the stats of sandbox {sandbox_id} failed: "
-                              f"{_explain(error)}") from error
+                              f"{explain(error)}") from error
         cpu = stats.get("cpu_stats") or {}
         sample = CpuSample(at=time.monotonic(),
                            cpu_ns=int((cpu.get("cpu_usage") or {}).get("total_usage") or 0),
@@ -613,14 +393,15 @@ class DockerRuntime(Runtime):
     async def usage(self, sandbox_id: str) -> ResourceUsage:
         """From one-shot stats (no 1 s sampling wait): CPU is the usage between this sample
         and the previous one of the same sandbox; the first call takes two, 0.2 s apart."""
-        attrs = await self._attrs(sandbox_id)
+        sandbox = self._sandbox(sandbox_id)
+        attrs = await inspect_container(self.engine, sandbox_id)
         current, stats = await self._cpu_sample(sandbox_id)
-        previous = self._cpu_samples.get(sandbox_id)
+        previous = sandbox.cpu_sample
         if previous is None or current.at - previous.at > 10:
             await asyncio.sleep(0.2)
             previous = current
             current, stats = await self._cpu_sample(sandbox_id)
-        self._cpu_samples[sandbox_id] = current
+        sandbox.cpu_sample = current
         cpu = stats.get("cpu_stats") or {}
         online = float(cpu.get("online_cpus") or self._host_cpus)
         nano = int((attrs.get("HostConfig") or {}).get("NanoCpus") or 0)
@@ -644,12 +425,8 @@ class DockerRuntime(Runtime):
 
     # --- files ---------------------------------------------------------------------------------
 
-    def filesystem(self, sandbox_id: str) -> SandboxFilesystem:
-        if sandbox_id not in self._sandboxes:
-            raise SandboxMissing(sandbox_id)
-        from opensandbox_emulator.runtimes.docker.filesystem import DockerFilesystem
-
-        return DockerFilesystem(self, sandbox_id, self._homes.get(sandbox_id, "/root"))
+    def filesystem(self, sandbox_id: str) -> DockerFilesystem:
+        return DockerFilesystem(self._sandbox(sandbox_id), self.engine)
 
 
 async def _accepts(address: str, port: int) -> bool:
@@ -663,16 +440,6 @@ async def _accepts(address: str, port: int) -> bool:
     with contextlib.suppress(OSError):
         await writer.wait_closed()
     return True
-
-
-def _with_expiry(spec: SandboxSpec, when: datetime | None) -> SandboxSpec:
-    from dataclasses import replace
-
-    return replace(spec, expires_at=when)
-
-
-def _explain(error: APIError) -> str:
-    return str(error.explanation or error).strip()
 
 
 __all__ = ["DockerRuntime"]
