@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import posixpath
+import stat
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -29,6 +30,17 @@ class FileType(enum.Enum):
     DIRECTORY = "directory"
     SYMLINK = "symlink"
     OTHER = "other"
+
+    @classmethod
+    def of(cls, mode: int) -> FileType:
+        """The type of a `st_mode`."""
+        if stat.S_ISREG(mode):
+            return cls.FILE
+        if stat.S_ISDIR(mode):
+            return cls.DIRECTORY
+        if stat.S_ISLNK(mode):
+            return cls.SYMLINK
+        return cls.OTHER
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,37 @@ def check_replacement(old: bytes) -> None:
         raise InvalidArgument("the text to replace (old) must not be empty", field="old")
 
 
+class StreamingReplace:
+    """`bytes.replace(old, new)` over a file read in chunks. A match may straddle two
+    chunks, so what could be the start of one is held back until the next chunk shows
+    whether it is (or until `rest`); `count` is how many were replaced so far."""
+
+    def __init__(self, old: bytes, new: bytes):
+        self.old = old
+        self.new = new
+        self.count = 0
+        self._carry = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The replaced text of `chunk`, less what is held back."""
+        buffer = self._carry + chunk
+        pieces: list[bytes] = []
+        position = 0
+        while (index := buffer.find(self.old, position)) >= 0:
+            pieces += (buffer[position:index], self.new)
+            position = index + len(self.old)
+            self.count += 1
+        keep = max(position, len(buffer) - len(self.old) + 1)
+        pieces.append(buffer[position:keep])
+        self._carry = buffer[keep:]
+        return b"".join(pieces)
+
+    def rest(self) -> bytes:
+        """At the end of the file: what was held back, which matched nothing."""
+        carry, self._carry = self._carry, b""
+        return carry
+
+
 @dataclass(frozen=True)
 class AccountNames:
     """A sandbox's own users and groups, from the text of its /etc/passwd and /etc/group:
@@ -137,22 +180,25 @@ class AccountNames:
 
     def uid(self, name: str | None) -> int:
         """The uid for a chown (-1, "leave it", when no name is given)."""
-        if not name:
-            return -1
-        if name in self.uids:
-            return self.uids[name]
-        if name.isdigit():
-            return int(name)
-        raise UnknownUser(name)
+        number = _id_of(name, self.uids)
+        if number is None:
+            raise UnknownUser(str(name))
+        return number
 
     def gid(self, name: str | None) -> int:
-        if not name:
-            return -1
-        if name in self.gids:
-            return self.gids[name]
-        if name.isdigit():
-            return int(name)
-        raise UnknownGroup(name)
+        number = _id_of(name, self.gids)
+        if number is None:
+            raise UnknownGroup(str(name))
+        return number
+
+
+def _id_of(name: str | None, ids: dict[str, int]) -> int | None:
+    """-1 for no name, the id of a known one or of digits, None for an unknown name."""
+    if not name:
+        return -1
+    if name in ids:
+        return ids[name]
+    return int(name) if name.isdigit() else None
 
 
 def _parse_ids(text: str) -> tuple[dict[int, str], dict[str, int]]:

@@ -17,6 +17,9 @@ lands under a hidden temporary name beside its target and one `mv` puts it in pl
 
 Known limits: the archive API does not see tmpfs mounts made inside the container (their
 large files cannot be downloaded); a name holding a newline goes through one-off execs.
+
+Beside this module: `helper_output.py` reads what the helpers print, `mounts.py` the mount
+table, and `archive.py` streams contents through the archive API.
 """
 
 from __future__ import annotations
@@ -24,19 +27,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import posixpath
-import re
 import secrets
-import stat as stats
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from typing import IO, Any
+from typing import IO
 
-from docker.errors import APIError, NotFound
-
-from opensandbox_emulator.runtimes.docker import tarstream
-from opensandbox_emulator.runtimes.docker.engine import Engine, explain
+from opensandbox_emulator.runtimes.docker.archive import ArchiveReader, put_archive
+from opensandbox_emulator.runtimes.docker.engine import Engine
 from opensandbox_emulator.runtimes.docker.execs import run_helper
+from opensandbox_emulator.runtimes.docker.helper_output import (
+    account_names,
+    file_info,
+    helper_failure,
+    read_sections,
+)
 from opensandbox_emulator.runtimes.docker.helpers import HelperResult, agent_can_carry
 from opensandbox_emulator.runtimes.docker.mounts import MountEntry, mount_of, parse_mounts, under
 from opensandbox_emulator.runtimes.docker.sandbox import DockerSandbox
@@ -53,18 +58,16 @@ from opensandbox_emulator.runtimes.failures import (
     PathNotAccessible,
     PathReadOnly,
     RuntimeFailure,
-    SandboxMissing,
-    SymlinkLoop,
 )
 from opensandbox_emulator.runtimes.filesystem import (
     CHUNK_SIZE,
-    AccountNames,
     ChangeOwnership,
     FileInfo,
     FileReader,
     FileType,
     FileWriter,
     SandboxFilesystem,
+    StreamingReplace,
     check_mode,
     check_replacement,
 )
@@ -74,101 +77,6 @@ SPOOL_IN_MEMORY = 8 * 1024 * 1024  # an upload larger than this is spooled to di
 # Files up to this size travel through the sandbox's helper agent (about a millisecond);
 # larger ones through the archive API, which streams but costs some 40 ms a call.
 INLINE_LIMIT = 2 * 1024 * 1024
-
-STAT_LINE = re.compile(r"^([0-9a-f]+) (\d+) (\d+) (\d+) (\d+) (\d+) \[([^\]]*)\] \[([^\]]*)\] "
-                       r"(.*)$")
-FRACTION = re.compile(r":\d\d\.(\d+)")
-
-
-def _sections(text: str) -> dict[str, list[str]]:
-    """Helper output: lines before the first `@@name` line go under "", the rest under
-    their section name."""
-    sections: dict[str, list[str]] = {"": []}
-    current = ""
-    for line in text.split("\n"):
-        if line.startswith("@@") and line[2:].isalpha():
-            current = line[2:]
-            sections[current] = []
-        else:
-            sections[current].append(line)
-    for lines in sections.values():
-        while lines and not lines[-1]:
-            lines.pop()
-    return sections
-
-
-def _names(sections: dict[str, list[str]]) -> AccountNames:
-    return AccountNames.parse("\n".join(sections.get("passwd", [])),
-                              "\n".join(sections.get("group", [])))
-
-
-def _nanos(seconds: int, text: str) -> int:
-    fraction = FRACTION.search(text)
-    digits = (fraction.group(1) if fraction else "")[:9].ljust(9, "0")
-    return seconds * 1_000_000_000 + int(digits)
-
-
-def _file_type(mode: int) -> FileType:
-    if stats.S_ISREG(mode):
-        return FileType.FILE
-    if stats.S_ISDIR(mode):
-        return FileType.DIRECTORY
-    if stats.S_ISLNK(mode):
-        return FileType.SYMLINK
-    return FileType.OTHER
-
-
-def _info(line: str, names: AccountNames, shown: str | None = None) -> FileInfo | None:
-    match = STAT_LINE.match(line)
-    if match is None:
-        return None
-    raw_mode, size, uid, gid, mtime, ctime, mtext, ctext, name = match.groups()
-    mode = int(raw_mode, 16)
-    return FileInfo(path=shown if shown is not None else name, size=int(size),
-                    modified_ns=_nanos(int(mtime), mtext), changed_ns=_nanos(int(ctime), ctext),
-                    owner=names.user(int(uid)), group=names.group(int(gid)),
-                    mode=stats.S_IMODE(mode), type=_file_type(mode))
-
-
-def _failure(result: HelperResult, action: str, shown: str) -> RuntimeFailure:
-    """A helper's failure as the runtime failure a client can act on (by strerror text,
-    which busybox and GNU tools share)."""
-    text = result.stderr.decode(errors="replace").strip()
-    detail = text.splitlines()[-1] if text else f"exit code {result.exit_code}"
-    if "No such file or directory" in text or "nonexistent directory" in text:
-        return FileNotFound(shown)
-    if "Not a directory" in text:
-        return NotADirectory(shown, f"cannot {action} {shown}: a component of the path is not "
-                                    "a directory")
-    if "Is a directory" in text:
-        return IsADirectory(shown, f"cannot {action} {shown}: it is a directory")
-    if "File exists" in text or "Directory not empty" in text:
-        return FileExists(shown, f"cannot {action} {shown}: the target already exists")
-    if "Read-only file system" in text:
-        return PathReadOnly(shown, f"cannot {action} {shown}: it is on a read-only filesystem")
-    if "Too many levels of symbolic links" in text:
-        return SymlinkLoop(shown)
-    if "Device or resource busy" in text:
-        return FileBusy(shown, f"cannot {action} {shown}: it is a mount point of the sandbox")
-    if "Permission denied" in text or "Operation not permitted" in text:
-        return PathNotAccessible(shown, f"cannot {action} {shown}: {detail}")
-    return FileFailure(shown, f"cannot {action} {shown}: {detail[:500]}")
-
-
-def _mode_arg(ownership: ChangeOwnership) -> str:
-    return format(ownership.mode, "o") if ownership.mode else ""
-
-
-def _engine_failure(error: APIError, sandbox_id: str, action: str, shown: str
-                    ) -> RuntimeFailure:
-    text = explain(error)
-    if isinstance(error, NotFound) and "No such container" in text:
-        return SandboxMissing(sandbox_id, f"cannot {action} {shown}: the sandbox is gone")
-    if isinstance(error, NotFound):
-        return FileNotFound(shown)
-    if "read-only" in text:
-        return PathReadOnly(shown, f"cannot {action} {shown}: it is on a read-only filesystem")
-    return FileFailure(shown, f"cannot {action} {shown}: {text}")
 
 
 class DockerFilesystem(SandboxFilesystem):
@@ -186,7 +94,7 @@ class DockerFilesystem(SandboxFilesystem):
         if not ownership.owner and not ownership.group:
             return -1, -1
         result = await self._run("ids")
-        names = _names(_sections(result.stdout.decode(errors="replace")))
+        names = account_names(read_sections(result.stdout.decode(errors="replace")))
         return names.uid(ownership.owner), names.gid(ownership.group)
 
     # --- resolution and the mount table -----------------------------------------------------
@@ -218,7 +126,7 @@ class DockerFilesystem(SandboxFilesystem):
         await self._reachable(shown, shown)  # /proc/self/… must not even be resolved
         result = await self._run("resolve", "1" if follow else "0", self.absolute(path))
         if result.exit_code != 0:
-            raise _failure(result, "resolve", shown)
+            raise helper_failure(result, "resolve", shown)
         real = result.stdout.decode(errors="surrogateescape").rstrip("\n") or "/"
         await self._reachable(real, shown)
         return real
@@ -230,11 +138,12 @@ class DockerFilesystem(SandboxFilesystem):
         await self._reachable(shown, shown)
         result = await self._run("stat", self.absolute(path), "1" if follow else "0")
         if result.exit_code != 0:
-            raise _failure(result, "stat", shown)
-        sections = _sections(result.stdout.decode(errors="surrogateescape"))
+            raise helper_failure(result, "stat", shown)
+        sections = read_sections(result.stdout.decode(errors="surrogateescape"))
         real = (sections.get("real") or [""])[0] or self.absolute(path)
         await self._reachable(real, shown)
-        info = _info(sections[""][0] if sections[""] else "", _names(sections), shown)
+        info = file_info(sections[""][0] if sections[""] else "", account_names(sections),
+                         shown)
         if info is None:
             raise FileFailure(shown, f"cannot stat {shown}: unexpected output from stat")
         return info, real
@@ -247,13 +156,13 @@ class DockerFilesystem(SandboxFilesystem):
         real = await self._resolve(root, follow=True)
         result = await self._run("search", real)
         if result.exit_code != 0:
-            raise _failure(result, "search", shown)
-        sections = _sections(result.stdout.decode(errors="surrogateescape"))
-        names = _names(sections)
+            raise helper_failure(result, "search", shown)
+        sections = read_sections(result.stdout.decode(errors="surrogateescape"))
+        names = account_names(sections)
         kernel = [m.point for m in await self._mounts() if m.kernel]
         found = []
         for line in sections[""]:
-            info = _info(line, names)
+            info = file_info(line, names)
             if info is None or any(under(info.path, point) for point in kernel):
                 continue
             if match(posixpath.basename(info.path)):
@@ -276,10 +185,10 @@ class DockerFilesystem(SandboxFilesystem):
         if info.size <= INLINE_LIMIT and agent_can_carry([real]):
             result = await self._run("read", real, str(INLINE_LIMIT + 1))
             if result.exit_code != 0:
-                raise _failure(result, "read", info.path)
+                raise helper_failure(result, "read", info.path)
             if len(result.stdout) <= INLINE_LIMIT:
                 return _InlineReader(replace(info, size=len(result.stdout)), result.stdout)
-        reader = _ArchiveReader(self.engine, self.sandbox, real, info)
+        reader = ArchiveReader(self.engine, self.sandbox, real, info)
         await reader.open()
         return reader
 
@@ -295,13 +204,13 @@ class DockerFilesystem(SandboxFilesystem):
         wants_ids = bool(ownership.owner or ownership.group)
         result = await self._run("prepare", real, temp, "1" if wants_ids else "0")
         if result.exit_code != 0:
-            raise _failure(result, "write", shown)
-        sections = _sections(result.stdout.decode(errors="surrogateescape"))
+            raise helper_failure(result, "write", shown)
+        sections = read_sections(result.stdout.decode(errors="surrogateescape"))
         writer = _Writer(self.engine, self.sandbox, shown, posixpath.dirname(real), temp, real)
         try:
             uid, gid = -1, -1
             if wants_ids:
-                names = _names(sections)
+                names = account_names(sections)
                 uid, gid = names.uid(ownership.owner), names.gid(ownership.group)
             existing = (sections.get("existing") or [""])[0].split()
             mode = ownership.mode or NEW_FILE_MODE
@@ -317,36 +226,47 @@ class DockerFilesystem(SandboxFilesystem):
 
     # --- directories and the rest -------------------------------------------------------
 
-    async def make_dirs(self, path: str, ownership: ChangeOwnership) -> None:
+    async def _with_ownership(self, operation: str, path: str, ownership: ChangeOwnership
+                              ) -> HelperResult:
+        """`mkdir` or `chown` of `path`, given the ids of the names and the mode."""
         check_mode(ownership.mode)
-        shown = self.display(path)
         uid, gid = await self._ids(ownership)
         real = await self._resolve(path, follow=True)
-        result = await self._run("mkdir", real, str(uid), str(gid), _mode_arg(ownership))
+        mode = format(ownership.mode, "o") if ownership.mode else ""
+        return await self._run(operation, real, str(uid), str(gid), mode)
+
+    async def make_dirs(self, path: str, ownership: ChangeOwnership) -> None:
+        shown = self.display(path)
+        result = await self._with_ownership("mkdir", path, ownership)
         if result.exit_code != 0:
-            failure = _failure(result, "create directory", shown)
+            failure = helper_failure(result, "create directory", shown)
             if isinstance(failure, FileExists):  # a file where a directory should be
                 raise NotADirectory(shown, f"cannot create directory {shown}: a file is in the "
                                            "way")
             raise failure
 
+    async def _resolve_existing(self, path: str) -> str | None:
+        """The path resolved (a final symlink kept), or None when there is nothing there."""
+        try:
+            return await self._resolve(path, follow=False)
+        except (FileNotFound, NotADirectory):
+            return None
+
     async def remove_file(self, path: str) -> None:
         shown = self.display(path)
-        try:
-            real = await self._resolve(path, follow=False)
-        except (FileNotFound, NotADirectory):
+        real = await self._resolve_existing(path)
+        if real is None:
             return
         result = await self._run("rmfile", real)
         if result.exit_code != 0:
-            failure = _failure(result, "remove", shown)
+            failure = helper_failure(result, "remove", shown)
             if not isinstance(failure, FileNotFound | NotADirectory):
                 raise failure
 
     async def remove_tree(self, path: str) -> None:
         shown = self.display(path)
-        try:
-            real = await self._resolve(path, follow=False)
-        except (FileNotFound, NotADirectory):
+        real = await self._resolve_existing(path)
+        if real is None:
             return
         own = await self._mount_of(real)
         for mount in await self._mounts():
@@ -366,7 +286,7 @@ class DockerFilesystem(SandboxFilesystem):
             # Mount points cannot go: like the fake runtime, empty them and keep them.
             if lines and all("Device or resource busy" in line for line in lines):
                 return
-            failure = _failure(result, "remove", shown)
+            failure = helper_failure(result, "remove", shown)
             if not isinstance(failure, FileNotFound):
                 raise failure
 
@@ -392,16 +312,12 @@ class DockerFilesystem(SandboxFilesystem):
                                      "first (moves never overwrite)")
         if "Invalid argument" in text or "subdirectory of itself" in text:
             raise MoveIntoItself(source, target)
-        raise _failure(result, "move", source)
+        raise helper_failure(result, "move", source)
 
     async def set_ownership(self, path: str, ownership: ChangeOwnership) -> None:
-        check_mode(ownership.mode)
-        shown = self.display(path)
-        uid, gid = await self._ids(ownership)
-        real = await self._resolve(path, follow=True)
-        result = await self._run("chown", real, str(uid), str(gid), _mode_arg(ownership))
+        result = await self._with_ownership("chown", path, ownership)
         if result.exit_code != 0:
-            raise _failure(result, "change permissions of", shown)
+            raise helper_failure(result, "change permissions of", self.display(path))
 
     async def replace(self, path: str, old: bytes, new: bytes) -> int:
         check_replacement(old)
@@ -411,29 +327,17 @@ class DockerFilesystem(SandboxFilesystem):
             raise IsADirectory(error.path, f"cannot replace content in {error.path}: it is a "
                                            "directory") from error
         writer: FileWriter | None = None
-        count = 0
         try:
             writer = await self.open_write(path, ChangeOwnership(mode=reader.info.mode))
-            carry = b""
+            replacing = StreamingReplace(old, new)
             async for chunk in reader.chunks():
-                buffer = carry + chunk
-                pieces: list[bytes] = []
-                position = 0
-                while (index := buffer.find(old, position)) >= 0:
-                    pieces += (buffer[position:index], new)
-                    position = index + len(old)
-                    count += 1
-                # Hold back what could be the start of a match straddling two chunks.
-                keep = max(position, len(buffer) - len(old) + 1)
-                pieces.append(buffer[position:keep])
-                carry = buffer[keep:]
-                await writer.write(b"".join(pieces))
-            await writer.write(carry)
-            if count:
+                await writer.write(replacing.feed(chunk))
+            await writer.write(replacing.rest())
+            if replacing.count:
                 await writer.commit()
             else:
                 await writer.abort()
-            return count
+            return replacing.count
         finally:
             if writer is not None:
                 await writer.abort()
@@ -455,94 +359,6 @@ class _InlineReader(FileReader):
 
     async def close(self) -> None:
         self._content = None
-
-
-class _ArchiveReader(FileReader):
-    """Streams one file out of `GET …/archive`, straight from the engine's response."""
-
-    def __init__(self, engine: Engine, sandbox: DockerSandbox, real: str, info: FileInfo):
-        self._engine = engine
-        self._sandbox = sandbox
-        self._real = real
-        self.info = info
-        self._response: Any = None
-        self._iterator: Iterator[bytes] | None = None
-        self._buffer = bytearray()
-        self._position = 0  # offset in the file of the next byte `_buffer` would give
-
-    async def open(self) -> None:
-        engine = self._engine
-
-        def first_member() -> int:
-            self._iterator = self._response.iter_content(CHUNK_SIZE)
-            member = tarstream.read_member_header(self._read_exactly)
-            if member is None or member.kind != b"0":
-                raise FileBusy(self.info.path, f"{self.info.path} changed while the server was "
-                                               "reading it; retry.")
-            return member.size
-
-        try:
-            self._response = await engine.open_archive(self._sandbox.container, self._real)
-            size = await engine.call(first_member)
-        except NotFound as error:
-            await self.close()
-            if "No such container" in str(error.explanation):
-                raise SandboxMissing(self._sandbox.sandbox_id) from error
-            raise FileNotFound(self.info.path) from error
-        except APIError as error:
-            await self.close()
-            raise _engine_failure(error, self._sandbox.sandbox_id, "read", self.info.path) \
-                from error
-        except BaseException:
-            await self.close()
-            raise
-        # The bytes served are the archive's: its size wins if the file changed meanwhile.
-        self.info = replace(self.info, size=size)
-        self._position = 0
-
-    def _pull(self) -> bytes:
-        assert self._iterator is not None
-        return next(self._iterator, b"")
-
-    def _read_exactly(self, count: int) -> bytes:
-        while len(self._buffer) < count:
-            chunk = self._pull()
-            if not chunk:
-                break
-            self._buffer += chunk
-        data = bytes(self._buffer[:count])
-        del self._buffer[:count]
-        return data
-
-    async def _next(self, limit: int) -> bytes:
-        if not self._buffer:
-            chunk = await self._engine.call(self._pull)
-            self._buffer += chunk
-        data = bytes(self._buffer[:limit])
-        del self._buffer[:limit]
-        self._position += len(data)
-        return data
-
-    async def chunks(self, start: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
-        if start < self._position:  # read again from the beginning
-            await self.close()
-            await self.open()
-        end = self.info.size if length is None else min(start + length, self.info.size)
-        while self._position < start:
-            if not await self._next(min(start - self._position, CHUNK_SIZE)):
-                return
-        while self._position < end:
-            data = await self._next(min(end - self._position, CHUNK_SIZE))
-            if not data:
-                return  # the archive ended early
-            yield data
-
-    async def close(self) -> None:
-        response, self._response = self._response, None
-        self._iterator = None
-        self._buffer.clear()
-        if response is not None:
-            await self._engine.call(response.close)
 
 
 class _Writer(FileWriter):
@@ -603,33 +419,17 @@ class _Writer(FileWriter):
                                           ["write", self._temp_path, str(len(data))],
                                           payload=data)
                 if result.exit_code != 0:
-                    raise _failure(result, "write", self.path)
+                    raise helper_failure(result, "write", self.path)
             else:
-                await self._put_archive(spool)
+                await put_archive(self._engine, self._sandbox, self._directory, self._temp,
+                                  spool, self._size, mode=self.mode, uid=self.uid,
+                                  gid=self.gid, shown=self.path)
         except BaseException:
             await self.abort()
             raise
         finally:
             await asyncio.to_thread(spool.close)
         self._sealed = True
-
-    async def _put_archive(self, spool: IO[bytes]) -> None:
-        header = tarstream.file_header(self._temp, self._size, mode=self.mode, uid=self.uid,
-                                       gid=self.gid)
-
-        def body() -> Iterator[bytes]:
-            yield header
-            spool.seek(0)
-            while chunk := spool.read(CHUNK_SIZE):
-                yield chunk
-            yield tarstream.padding(self._size) + tarstream.END_OF_ARCHIVE
-
-        try:
-            await self._engine.call(self._engine.api.put_archive, self._sandbox.container,
-                                    self._directory, body())
-        except APIError as error:
-            raise _engine_failure(error, self._sandbox.sandbox_id, "write", self.path) \
-                from error
 
     async def commit(self) -> None:
         if self._done:
@@ -646,7 +446,7 @@ class _Writer(FileWriter):
                                                    "archive API cannot reach that place in the "
                                                    "sandbox (a tmpfs?); write it with a "
                                                    "command instead")
-            raise _failure(result, "write", self.path)
+            raise helper_failure(result, "write", self.path)
 
     async def abort(self) -> None:
         if self._done:

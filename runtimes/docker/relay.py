@@ -20,6 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from opensandbox_emulator.runtimes.docker.engine import RawStream, frames
+from opensandbox_emulator.tasks import until_first_ends
 
 log = logging.getLogger("opensandbox.runtime.docker")
 
@@ -108,15 +109,9 @@ class LoopbackRelay:
                     writer.write(payload)
                     await writer.drain()
 
-        tasks = {asyncio.create_task(upstream()), asyncio.create_task(downstream())}
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await until_first_ends(upstream(), downstream())
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(BaseException):
-                    await task
             await stream.close()
 
     async def close(self) -> None:

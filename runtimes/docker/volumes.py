@@ -18,13 +18,17 @@ import os
 import posixpath
 from dataclasses import dataclass
 
+from docker.errors import APIError, NotFound
 from docker.types import Mount
 
 from opensandbox_emulator.runtimes.base import VolumeMount
+from opensandbox_emulator.runtimes.docker.engine import Engine, explain
 from opensandbox_emulator.runtimes.failures import (
     SubPathNotFound,
     SubPathOutside,
     SubPathUnsupported,
+    VolumeNotFound,
+    VolumeQueryFailed,
 )
 
 
@@ -33,6 +37,21 @@ class NamedVolume:
     name: str
     driver: str
     mountpoint: str
+
+
+async def named_volume(engine: Engine, claim_name: str) -> NamedVolume:
+    """The Docker volume a `pvc` volume names; it must exist."""
+    try:
+        volume = await engine.call(engine.client.volumes.get, claim_name)
+    except NotFound as error:
+        raise VolumeNotFound(claim_name, f"Docker volume '{claim_name}' does not exist; "
+                             f"create it first (docker volume create {claim_name}).") \
+            from error
+    except APIError as error:
+        raise VolumeQueryFailed(claim_name, f"Inspecting Docker volume '{claim_name}' "
+                                f"failed: {explain(error)}") from error
+    attrs = volume.attrs
+    return NamedVolume(claim_name, attrs.get("Driver", ""), attrs.get("Mountpoint", ""))
 
 
 def sub_path_source(volume: NamedVolume, sub_path: str) -> str:

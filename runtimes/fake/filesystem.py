@@ -26,6 +26,7 @@ import shutil
 import stat
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from opensandbox_emulator.runtimes.failures import (
     CrossMountMove,
@@ -51,6 +52,7 @@ from opensandbox_emulator.runtimes.filesystem import (
     FileType,
     FileWriter,
     SandboxFilesystem,
+    StreamingReplace,
     check_mode,
     check_replacement,
 )
@@ -79,16 +81,6 @@ class _Target:
     @property
     def is_mount_point(self) -> bool:
         return self.sandbox_path == self.mount.sandbox_path
-
-
-def _file_type(mode: int) -> FileType:
-    if stat.S_ISREG(mode):
-        return FileType.FILE
-    if stat.S_ISDIR(mode):
-        return FileType.DIRECTORY
-    if stat.S_ISLNK(mode):
-        return FileType.SYMLINK
-    return FileType.OTHER
 
 
 def _close(fd: int | None) -> None:
@@ -251,7 +243,7 @@ class FakeFilesystem(SandboxFilesystem):
         return FileInfo(path=shown, size=st.st_size, modified_ns=st.st_mtime_ns,
                         changed_ns=st.st_ctime_ns, owner=names.user(st.st_uid),
                         group=names.group(st.st_gid), mode=stat.S_IMODE(st.st_mode),
-                        type=_file_type(st.st_mode))
+                        type=FileType.of(st.st_mode))
 
     def _ids(self, ownership: ChangeOwnership) -> tuple[int, int]:
         """(uid, gid) for the names, -1 for "leave it"; reads the sandbox's files only
@@ -653,15 +645,15 @@ class FakeFilesystem(SandboxFilesystem):
         writer: _Writer | None = None
         try:
             writer = self._open_write(path, ChangeOwnership(mode=stat.S_IMODE(st.st_mode)))
-            count = 0
-            for piece, found in _replaced(_read_all(source), old, new):
-                count += found
-                _write_all(writer.fd, piece)
-            if count:
+            replacing = StreamingReplace(old, new)
+            for chunk in _read_all(source):
+                _write_all(writer.fd, replacing.feed(chunk))
+            _write_all(writer.fd, replacing.rest())
+            if replacing.count:
                 writer.finish()
             else:
                 writer.discard()
-            return count
+            return replacing.count
         except OSError as error:
             raise _failure(error, "replace content in", target.shown) from error
         finally:
@@ -673,25 +665,6 @@ class FakeFilesystem(SandboxFilesystem):
 def _read_all(fd: int) -> Iterator[bytes]:
     while chunk := os.read(fd, CHUNK_SIZE):
         yield chunk
-
-
-def _replaced(chunks: Iterator[bytes], old: bytes, new: bytes) -> Iterator[tuple[bytes, int]]:
-    """Stream `bytes.replace(old, new)` over chunks: hold back the last len(old)-1 bytes of
-    each chunk, since a match may straddle two. Yields (output, matches in it)."""
-    carry = b""
-    for chunk in chunks:
-        buffer = carry + chunk
-        pieces: list[bytes] = []
-        position = count = 0
-        while (index := buffer.find(old, position)) >= 0:
-            pieces += (buffer[position:index], new)
-            position = index + len(old)
-            count += 1
-        keep = max(position, len(buffer) - len(old) + 1)
-        pieces.append(buffer[position:keep])
-        carry = buffer[keep:]
-        yield b"".join(pieces), count
-    yield carry, 0
 
 
 def _write_pieces(fd: int, pieces: list[bytes]) -> None:
@@ -763,30 +736,26 @@ class _Writer(FileWriter):
         if self._pending_size >= CHUNK_SIZE:
             await self._flush()
 
+    async def _step(self, step: Callable[..., None], *args: Any) -> None:
+        """One blocking step of the write, in a thread; if it fails, the file goes."""
+        try:
+            await asyncio.to_thread(step, *args)
+        except OSError as error:
+            await self.abort()
+            raise _failure(error, "write", self.path) from error
+
     async def _flush(self) -> None:
         if self._pending:
             pieces, self._pending, self._pending_size = self._pending, [], 0
-            try:
-                await asyncio.to_thread(_write_pieces, self.fd, pieces)
-            except OSError as error:
-                await self.abort()
-                raise _failure(error, "write", self.path) from error
+            await self._step(_write_pieces, self.fd, pieces)
 
     async def seal(self) -> None:
         await self._flush()
-        try:
-            await asyncio.to_thread(self._seal)
-        except OSError as error:
-            await self.abort()
-            raise _failure(error, "write", self.path) from error
+        await self._step(self._seal)
 
     async def commit(self) -> None:
         await self._flush()
-        try:
-            await asyncio.to_thread(self.finish)
-        except OSError as error:
-            await self.abort()
-            raise _failure(error, "write", self.path) from error
+        await self._step(self.finish)
 
     async def abort(self) -> None:
         await asyncio.to_thread(self.discard)

@@ -23,6 +23,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from opensandbox_emulator.server.errors import BadGateway, send_error
+from opensandbox_emulator.tasks import until_first_ends
 
 log = logging.getLogger("opensandbox.access")
 # httpx logs every request at INFO: one line per proxied request, on top of the access log.
@@ -253,15 +254,9 @@ async def forward_websocket(scope: Scope, receive: Receive, send: Send, *, host:
             await send({"type": "websocket.close", "code": _sendable(upstream.close_code),
                         "reason": upstream.close_reason or ""})
 
-    tasks = [asyncio.create_task(client_to_upstream()), asyncio.create_task(upstream_to_client())]
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await until_first_ends(client_to_upstream(), upstream_to_client())
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
         await upstream.close()
 
 

@@ -1,0 +1,110 @@
+"""What a sandbox's container is made from: its image, pulled when missing, and the
+options `create` passes the engine (labels, mounts, limits, hardening, network)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from docker.errors import APIError, ImageNotFound
+from docker.types import Mount
+from docker.utils import parse_repository_tag
+
+from opensandbox_emulator.runtimes.base import SandboxSpec
+from opensandbox_emulator.runtimes.docker import labels
+from opensandbox_emulator.runtimes.docker.engine import Engine, explain, refused_as_invalid
+from opensandbox_emulator.runtimes.docker.limits import Limits
+from opensandbox_emulator.runtimes.docker.settings import DockerSettings
+from opensandbox_emulator.runtimes.failures import (
+    ImageUnavailable,
+    InvalidArgument,
+    RuntimeFailure,
+    StartFailed,
+    SubPathNotFound,
+)
+
+log = logging.getLogger("opensandbox.runtime.docker")
+
+
+async def ensure_image(engine: Engine, spec: SandboxSpec) -> None:
+    """Pull the sandbox's image unless the engine has it (with `image.auth` if given)."""
+    client = engine.client
+    try:
+        await engine.call(client.images.get, spec.image)
+        return
+    except ImageNotFound:
+        pass
+    except APIError as error:
+        raise ImageUnavailable(spec.image, f"Inspecting image '{spec.image}' failed: "
+                                           f"{explain(error)}") from error
+    repository, tag = parse_repository_tag(spec.image)
+    auth = None
+    if spec.image_auth is not None:
+        auth = {"username": spec.image_auth[0], "password": spec.image_auth[1]}
+    log.info("pulling image %s", spec.image)
+    try:
+        await engine.call(client.images.pull, repository, tag=tag or "latest",
+                          auth_config=auth)
+    except APIError as error:
+        raise ImageUnavailable(
+            spec.image,
+            f"Image '{spec.image}' is not on the Docker engine and pulling it failed: "
+            f"{explain(error)}. Check the name and the registry credentials "
+            "(image.auth), or load the image locally (docker pull / docker load).",
+        ) from error
+
+
+def container_options(spec: SandboxSpec, settings: DockerSettings, limits: Limits,
+                      mounts: list[Mount], host_cpus: float) -> dict[str, Any]:
+    """The keyword arguments of `containers.create` for the sandbox."""
+    options: dict[str, Any] = {
+        "name": labels.container_name(spec.sandbox_id),
+        "entrypoint": list(spec.entrypoint),
+        "environment": [f"{k}={v}" for k, v in spec.env.items()],
+        "labels": labels.make_labels(spec, settings.instance),
+        "mounts": mounts,
+        "security_opt": _security_options(settings) or None,
+        "cap_drop": list(settings.drop_capabilities) or None,
+        "pids_limit": settings.pids_limit,
+        "init": settings.init,
+        "detach": True,
+    }
+    network = settings.network_mode or "bridge"
+    if network == "host":
+        options["network_mode"] = "host"
+    else:
+        options["network"] = network
+        options["hostname"] = "sandbox-" + spec.sandbox_id.replace("-", "")[:12]
+    if limits.nano_cpus is not None:
+        # A laptop with fewer CPUs than asked for still runs the sandbox, on all it has.
+        options["nano_cpus"] = min(limits.nano_cpus, int(host_cpus * 1e9))
+    if limits.memory_bytes is not None:
+        options["mem_limit"] = limits.memory_bytes
+    return options
+
+
+def _security_options(settings: DockerSettings) -> list[str]:
+    options = []
+    if settings.no_new_privileges:
+        options.append("no-new-privileges:true")
+    if settings.apparmor_profile:
+        options.append(f"apparmor={settings.apparmor_profile}")
+    seccomp = settings.seccomp_profile
+    if seccomp:
+        if seccomp != "unconfined" and os.path.isfile(seccomp):
+            with open(seccomp, encoding="utf-8") as handle:  # the engine wants the JSON
+                seccomp = handle.read()
+        options.append(f"seccomp={seccomp}")
+    return options
+
+
+def creation_failure(error: APIError) -> RuntimeFailure:
+    """Why the engine would not create the container, as the failure a client acts on."""
+    text = explain(error)
+    if refused_as_invalid(error) and "bind source path does not exist" in text:
+        return SubPathNotFound(None, "A volume's subPath does not exist in its Docker "
+                                     f"volume: {text}")
+    if refused_as_invalid(error):
+        return InvalidArgument(f"The Docker engine refused the sandbox: {text}")
+    return StartFailed(f"Failed to create or start container: {text}")
