@@ -44,12 +44,12 @@ def explain(error: APIError) -> str:
 
 def wrong_state(error: APIError) -> bool:
     """The engine refused because of the container's state (paused, not running)."""
-    return error.status_code == HTTPStatus.CONFLICT
+    return bool(error.status_code == HTTPStatus.CONFLICT)
 
 
 def refused_as_invalid(error: APIError) -> bool:
     """The engine refused the request itself (a bad option, a missing bind source)."""
-    return error.status_code == HTTPStatus.BAD_REQUEST
+    return bool(error.status_code == HTTPStatus.BAD_REQUEST)
 
 
 class ExecStartError(Exception):

@@ -4,7 +4,7 @@ Nothing is installed into the image: the embedded execd runs in the server and r
 into the container through the engine (exec for commands, archive and small exec'd
 helpers for files, stats for metrics). The engine is the source of truth for the state of a
 sandbox: `inspect` reads it on every call, so a container that died or was removed behind
-the server's back shows as Terminated, Failed or gone (404).
+the server's back shows as Terminated, Failed or gone (`SandboxMissing`).
 
 Restart safety: containers carry their sandbox in labels (`labels.py`) and outlive the
 server. At start-up the runtime hands back every container of its `[docker] instance`, with

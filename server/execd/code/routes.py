@@ -24,7 +24,6 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from starlette.responses import JSONResponse, Response
 
-from opensandbox_emulator.runtimes.failures import RuntimeFailure
 from opensandbox_emulator.server.clock import Clock, epoch_ms
 from opensandbox_emulator.server.errors import ApiError
 from opensandbox_emulator.server.execd.code.contexts import CodeContext, check_language, contexts_of
@@ -32,9 +31,9 @@ from opensandbox_emulator.server.execd.code.drivers import LANGUAGES, Failure
 from opensandbox_emulator.server.execd.code.errors import ContextNotFound
 from opensandbox_emulator.server.execd.code.interpreter import Execution, Finished, Output, Result
 from opensandbox_emulator.server.execd.commands.registry import commands_of
+from opensandbox_emulator.server.execd.commands.routes import stream_command
 from opensandbox_emulator.server.execd.commands.runner import CommandSpec
 from opensandbox_emulator.server.execd.errors import (
-    ExecdRuntimeError,
     InvalidRequestBody,
     MissingQuery,
 )
@@ -159,11 +158,7 @@ async def interrupt_code(sandbox: Sandbox,
 
 async def _run_as_command(code: str, sandbox: ExecdSandbox) -> Response:
     """No language: the code is a shell command, streamed as `POST /command` streams it."""
-    try:
-        command = await commands_of(sandbox).run(CommandSpec(command=code))
-    except RuntimeFailure as error:
-        raise ExecdRuntimeError(f"error running commands: {error.message}") from error
-    return EventStreamResponse(command.events(), sandbox.clock)
+    return await stream_command(sandbox, CommandSpec(command=code))
 
 
 class CellEvents:

@@ -64,9 +64,17 @@ async def run_command(body: RunCommandRequest, sandbox: Sandbox) -> Response:
     spec = CommandSpec(command=body.command, cwd=body.cwd or None,
                        background=bool(body.background), timeout_ms=body.timeout or None,
                        envs=body.envs or {}, uid=body.uid, gid=body.gid)
+    return await stream_command(sandbox, spec)
+
+
+async def stream_command(sandbox: ExecdSandbox, spec: CommandSpec) -> Response:
+    """Run `spec` and stream its events (`POST /command`, and `POST /code` without a
+    language)."""
     try:
         command = await commands_of(sandbox).run(spec)
     except RuntimeFailure as error:
+        # Upstream reports every failure of these routes as a 500 RUNTIME_ERROR with this
+        # prefix, whatever the runtime's failure was.
         raise ExecdRuntimeError(f"error running commands: {error.message}") from error
     return EventStreamResponse(command.events(), sandbox.clock)
 
