@@ -26,6 +26,10 @@ from opensandbox_emulator.server.access.gateway import Gateway
 from opensandbox_emulator.server.access.proxy import proxy_routes
 from opensandbox_emulator.server.clock import Clock, IdGenerator, SystemClock, UuidIds
 from opensandbox_emulator.server.config import Config
+from opensandbox_emulator.server.control.backend import EmulatorControl
+from opensandbox_emulator.server.control.clock import MovableClock
+from opensandbox_emulator.server.control.routes import router as control_router
+from opensandbox_emulator.server.control.tap import ControlTap
 from opensandbox_emulator.server.errors import LIFECYCLE_API
 from opensandbox_emulator.server.execd.app import create_execd_app
 from opensandbox_emulator.server.execd.sandbox import ExecdHub
@@ -60,7 +64,9 @@ class OpenSandboxServer:
                  clock: Clock | None = None, ids: IdGenerator | None = None):
         self.config = config
         self.runtime = runtime or runtime_from_config(config)
-        self.clock = clock or SystemClock()
+        # With the control API on, a clock tests can move (the real one until they do).
+        movable = MovableClock(clock or SystemClock()) if config.control.enabled else None
+        self.clock: Clock = movable or clock or SystemClock()
         self.ids = ids or UuidIds()
         self.service = SandboxService(self.runtime, config, self.clock, self.ids)
         hub = ExecdHub(self.runtime, config.execd, self.clock, self.ids)
@@ -68,9 +74,16 @@ class OpenSandboxServer:
         dispatcher = Dispatcher(self.service, hub, create_execd_app())
         self.access = Access(hub=hub, dispatcher=dispatcher, gateway=Gateway(dispatcher),
                              gateway_port=config.gateway.port)
+        # The control API for tests (`[control] enabled`): its state, and the tap in front
+        # of both listeners that journals every request and applies fault rules.
+        self.control = (EmulatorControl(self.service, movable, config.control)
+                        if movable is not None else None)
         self.lifecycle = self._lifecycle_app()
         self._lifecycle_stack: ASGIApp = RequestIdMiddleware(
             ApiKeyMiddleware(self.lifecycle, config.server.api_key))
+        self._entry: ASGIApp = self._route
+        if self.control is not None:
+            self._entry = ControlTap(self._route, self.control, config.gateway.port)
 
     def _lifecycle_app(self) -> FastAPI:
         @asynccontextmanager
@@ -94,6 +107,9 @@ class OpenSandboxServer:
         app.include_router(lifecycle_router)
         app.include_router(lifecycle_router, prefix="/v1")
         app.router.routes.extend(proxy_routes(self.access.dispatcher))
+        if self.control is not None:
+            app.state.control = self.control
+            app.include_router(control_router)
 
         @app.get("/health", tags=["health"])
         async def health() -> dict[str, Any]:
@@ -103,6 +119,9 @@ class OpenSandboxServer:
         return app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._entry(scope, receive, send)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         server = scope.get("server")
         if (scope["type"] in ("http", "websocket") and server is not None
                 and server[1] == self.access.gateway_port):

@@ -23,6 +23,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runtime", choices=["fake", "docker"], help="runtime.type")
     parser.add_argument("--api-key", help="require this OPEN-SANDBOX-API-KEY (server.api_key)")
     parser.add_argument("--log-level", help="server.log_level")
+    parser.add_argument("--control", action="store_true",
+                        help="serve the control API for tests at /_emulator/ (control.enabled)")
     return parser.parse_args(argv)
 
 
@@ -37,6 +39,8 @@ def build_config(args: argparse.Namespace) -> Config:
         config = config.replace("runtime", type=args.runtime)
     if args.gateway_port is not None:
         config = config.replace("gateway", port=args.gateway_port)
+    if args.control:
+        config = config.replace("control", enabled=True)
     validate(config)
     return config
 

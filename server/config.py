@@ -2,8 +2,8 @@
 
 An `opensandbox-server` config file works unchanged: `[server]`, `[runtime]`, `[docker]`,
 `[storage]`, `[egress]` and `[router]` keep upstream's keys (those we cannot honour are
-accepted and shown as ignored). Our own settings live in `[gateway]`, `[execd]` and
-`[fake]`. An unknown key or a bad value stops start-up with a message naming the key.
+accepted and shown as ignored). Our own settings live in `[gateway]`, `[execd]`, `[fake]`
+and `[control]`. An unknown key or a bad value stops start-up with a message naming the key.
 `[docker]` is the Docker runtime's own `DockerSettings`, read here and handed to it.
 """
 
@@ -92,6 +92,14 @@ class FakeSection:
 
 
 @dataclass(frozen=True)
+class ControlSection:
+    """Ours: the control API for tests (`/_emulator/…`: reset, journal, faults, clock)."""
+
+    enabled: bool = False
+    journal_size: int = 1000  # requests the journal keeps; older ones are dropped
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerSection = field(default_factory=ServerSection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
@@ -102,6 +110,7 @@ class Config:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     execd: ExecdSection = field(default_factory=ExecdSection)
     fake: FakeSection = field(default_factory=FakeSection)
+    control: ControlSection = field(default_factory=ControlSection)
 
     def replace(self, section: str, **values: Any) -> Config:
         current = getattr(self, section)
@@ -194,6 +203,8 @@ def validate(config: Config) -> None:
         raise ConfigError("server.max_sandbox_timeout_seconds: must be at least 60")
     if config.execd.log_buffer_bytes < 1024:
         raise ConfigError("execd.log_buffer_bytes: must be at least 1024")
+    if config.control.journal_size < 1:
+        raise ConfigError("control.journal_size: must be at least 1")
     if config.server.log_level.upper() not in ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"):
         raise ConfigError(f"server.log_level: {config.server.log_level!r} is not a log level")
 

@@ -31,7 +31,7 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             return
-        route = self._route(scope)
+        route = self.route(scope)
         if isinstance(route, ApiError):
             await send_error(scope, send, route)
             return
@@ -41,7 +41,8 @@ class Gateway:
                               sandbox_id=sandbox_id, port=port, path=path)
 
     @staticmethod
-    def _route(scope: Scope) -> tuple[str, int, str] | ApiError:
+    def route(scope: Scope) -> tuple[str, int, str] | ApiError:
+        """`(sandbox id, port, raw path for the target)` of a request, or why it has none."""
         raw_path = raw_path_of(scope)
         for key, value in scope.get("headers", []):
             if key.lower() == INGRESS_HEADER:

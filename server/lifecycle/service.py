@@ -120,6 +120,9 @@ class SandboxService:
     def exists(self, sandbox_id: str) -> bool:
         return sandbox_id in self._records
 
+    def sandbox_ids(self) -> list[str]:
+        return list(self._records)
+
     async def state(self, sandbox_id: str) -> SandboxState:
         record = self._record(sandbox_id)
         changed_at = None
