@@ -30,6 +30,9 @@ from tests.helpers.docker_engine import docker_sections, remove_docker_sandboxes
 from tests.helpers.in_process import InProcess, serve_in_process
 from tests.helpers.servers import ServerProcess, create_body, launch
 
+# The sample user suite is its own pytest session (tests/test_user_suite.py runs it).
+collect_ignore = ["user_suite"]
+
 RUNTIMES = ("fake", "docker")
 
 # --- servers -----------------------------------------------------------------------------------

@@ -22,6 +22,12 @@ fi
 # The newest Python SDK, in a virtualenv of its own (tests/test_newer_sdks.py).
 [ -x .venv-sdk-next/bin/python ] || python3 -m venv .venv-sdk-next
 .venv-sdk-next/bin/python -m pip install -q --disable-pip-version-check 'opensandbox==1.1.1'
+# A user's install of the package (not editable) beside the newest SDK, for the sample user
+# suite (tests/test_user_suite.py). pytest's pin is the one in pyproject.toml's test extra.
+[ -x .venv-user/bin/python ] || python3 -m venv .venv-user
+rm -rf build  # setuptools would put files deleted from the source into the wheel
+.venv-user/bin/python -m pip install -q --disable-pip-version-check . 'opensandbox==1.1.1' \
+    "$(sed -n 's/^ *"\(pytest==[^"]*\)",*$/\1/p' pyproject.toml)"
 if command -v npm >/dev/null 2>&1; then
   (cd tests/js && npm install --silent --no-audit --no-fund >/dev/null)
 else
