@@ -73,6 +73,12 @@ def test_the_wheel_installs_one_package_and_nothing_generic(venv: Path) -> None:
     drivers = package / "server" / "execd" / "code" / "drivers"
     assert {"bash_driver.sh", "node_driver.js", "python_driver.py"} <= {
         path.name for path in drivers.iterdir()}
+    # The test kit: the in-process server and the pytest plugin, found by its entry point.
+    assert (package / "testing" / "inprocess.py").is_file()
+    entry_points = site_packages(venv) / "opensandbox_emulator-0.1.0.dist-info" / \
+        "entry_points.txt"
+    assert "[pytest11]\nopensandbox_emulator = opensandbox_emulator.pytest_plugin" in \
+        entry_points.read_text()
 
 
 @pytest.mark.parametrize("python", ["the clean venv", "the project's .venv"])
