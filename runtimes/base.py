@@ -19,6 +19,9 @@ from typing import ClassVar, Protocol
 from opensandbox_emulator.runtimes.failures import Unsupported, VolumeNotFound
 from opensandbox_emulator.runtimes.filesystem import SandboxFilesystem
 
+DEFAULT_ENV_FILE = "/opt/opensandbox/.env"  # where upstream's bootstrap puts EXECD_ENVS
+
+
 # --- what a sandbox is made from ---------------------------------------------------------------
 
 
@@ -102,6 +105,14 @@ class ResourceUsage:
 
 
 @dataclass(frozen=True)
+class TerminalSize:
+    """A terminal's size in character cells."""
+
+    cols: int = 80
+    rows: int = 24
+
+
+@dataclass(frozen=True)
 class SpawnRequest:
     """A process to start inside a sandbox, in its own process group.
 
@@ -110,6 +121,12 @@ class SpawnRequest:
     With `stdin` the process reads a pipe the caller writes through `SandboxProcess.stdin`
     (a code context's interpreter takes its requests that way); otherwise its stdin is
     empty (`/dev/null`).
+
+    With `terminal` the process runs on a new pseudo-terminal of that size instead of pipes
+    (an interactive shell, `vi`, `top`): it leads a new session whose controlling terminal
+    that is, with stdin, stdout and stderr all on it. `SandboxProcess.stdout` then reads
+    what the terminal shows, `stdin` types into it, and `terminal.resize` changes its size
+    (the process gets SIGWINCH); `stderr` is None and `merge_stderr`/`stdin` are implied.
     """
 
     argv: Sequence[str]
@@ -119,6 +136,7 @@ class SpawnRequest:
     gid: int | None = None
     merge_stderr: bool = False
     stdin: bool = False
+    terminal: TerminalSize | None = None
 
 
 class ProcessOutput(Protocol):
@@ -138,12 +156,23 @@ class ProcessInput(Protocol):
         ...
 
 
+class ProcessTerminal(Protocol):
+    async def resize(self, size: TerminalSize) -> None:
+        """Set the terminal's size; the process sees it (`stty size`) and gets SIGWINCH."""
+        ...
+
+    async def close(self) -> None:
+        """The caller is done with the terminal: hang it up and free it. Idempotent."""
+        ...
+
+
 class SandboxProcess(ABC):
     """A process started with `Runtime.spawn`."""
 
     stdout: ProcessOutput
     stderr: ProcessOutput | None
     stdin: ProcessInput | None = None  # set when spawned with `SpawnRequest(stdin=True)`
+    terminal: ProcessTerminal | None = None  # set when spawned with a `terminal`
 
     @abstractmethod
     async def wait(self) -> ExitStatus:
@@ -220,6 +249,16 @@ class Runtime(ABC):
     @abstractmethod
     async def usage(self, sandbox_id: str) -> ResourceUsage:
         """CPU and memory of the sandbox's own processes, against what it may use."""
+
+    def environment(self, sandbox_id: str) -> Mapping[str, str]:
+        """The environment every process of the sandbox starts with (the image's and the
+        create request's variables), as far as the runtime knows it."""
+        return {}
+
+    def env_file(self, sandbox_id: str) -> str:
+        """Where the sandbox's env file (`EXECD_ENVS`) is, as a sandbox path. The runtime
+        creates it with the sandbox and sets `EXECD_ENVS` to it for every process."""
+        return self.environment(sandbox_id).get("EXECD_ENVS") or DEFAULT_ENV_FILE
 
     def filesystem(self, sandbox_id: str) -> SandboxFilesystem:
         """The sandbox's files as its processes see them (execd's /files and /directories).

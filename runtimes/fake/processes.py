@@ -142,8 +142,8 @@ class LocalProcess(SandboxProcess):
         self._exited = exited
         self._wrapped = wrapped
         self.pid = process.pid
-        assert process.stdout is not None
-        self.stdout = process.stdout
+        if process.stdout is not None:  # None on a terminal, which the caller reads
+            self.stdout = process.stdout
         self.stderr = process.stderr
         self.stdin = PipeInput(process.stdin) if process.stdin is not None else None
         self._signalled: int | None = None

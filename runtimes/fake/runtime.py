@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from opensandbox_emulator.runtimes.base import (
+    DEFAULT_ENV_FILE,
     ExitStatus,
     Phase,
     ResourceUsage,
@@ -35,6 +36,7 @@ from opensandbox_emulator.runtimes.base import (
 )
 from opensandbox_emulator.runtimes.failures import (
     ExecutableNotFound,
+    RuntimeFailure,
     SandboxMissing,
     SpawnFailed,
     StartFailed,
@@ -52,6 +54,11 @@ from opensandbox_emulator.runtimes.fake.processes import (
     signal_all,
     start_process,
     stat_fields,
+)
+from opensandbox_emulator.runtimes.fake.terminal import (
+    CONTROLLING_TERMINAL,
+    PseudoTerminal,
+    TerminalProcess,
 )
 
 log = logging.getLogger("opensandbox.runtime.fake")
@@ -189,6 +196,9 @@ class FakeRuntime(Runtime):
         env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LANG": "C.UTF-8",
                "HOSTNAME": _hostname(spec.sandbox_id)}
         env.update(spec.env)
+        env.setdefault("EXECD_ENVS", DEFAULT_ENV_FILE if layout.isolated else
+                       os.path.join(directory, "opensandbox.env"))
+        _touch(layout, env["EXECD_ENVS"])
         sandbox = FakeSandbox(spec=spec, directory=directory, layout=layout, env=env)
         self._sandboxes[spec.sandbox_id] = sandbox
         try:
@@ -227,9 +237,20 @@ class FakeRuntime(Runtime):
         return sandbox
 
     async def spawn(self, sandbox_id: str, request: SpawnRequest) -> SandboxProcess:
-        return await self._start(self._get(sandbox_id), request)
+        sandbox = self._get(sandbox_id)
+        if request.terminal is None:
+            return await self._start(sandbox, request)
+        tty = PseudoTerminal(request.terminal)
+        try:
+            wrapper = await self._start(sandbox, request, tty)
+        except BaseException:
+            tty.release()
+            raise
+        tty.release_slave()
+        return TerminalProcess(wrapper, tty)
 
-    async def _start(self, sandbox: FakeSandbox, request: SpawnRequest) -> LocalProcess:
+    async def _start(self, sandbox: FakeSandbox, request: SpawnRequest,
+                     tty: PseudoTerminal | None = None) -> LocalProcess:
         env = {**sandbox.env, **request.env}
         cwd = request.cwd or "/"
         layout = sandbox.layout
@@ -244,6 +265,10 @@ class FakeRuntime(Runtime):
         if layout.find_executable(program, env.get("PATH", DEFAULT_PATH)) is None:
             raise ExecutableNotFound(program)
         argv = list(request.argv)
+        if tty is not None:
+            if layout.find_executable(CONTROLLING_TERMINAL[0], DEFAULT_PATH) is None:
+                raise SpawnFailed("a terminal needs util-linux's setsid in the sandbox")
+            argv = [*CONTROLLING_TERMINAL, *argv]
         if request.uid is not None or request.gid is not None:
             ids = []
             if request.uid is not None:
@@ -259,11 +284,12 @@ class FakeRuntime(Runtime):
             command = argv
             host_cwd = layout.resolve(cwd).host_path
         stderr = asyncio.subprocess.STDOUT if request.merge_stderr else asyncio.subprocess.PIPE
+        stdio: dict[str, int] = tty.stdio() if tty is not None else {
+            "stdin": asyncio.subprocess.PIPE if request.stdin else asyncio.subprocess.DEVNULL,
+            "stdout": asyncio.subprocess.PIPE, "stderr": stderr}
         try:
             process = await start_process(
-                *command, stdin=asyncio.subprocess.PIPE if request.stdin else
-                asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=stderr, env=env, cwd=host_cwd, start_new_session=True,
+                *command, **stdio, env=env, cwd=host_cwd, start_new_session=True,
                 limit=PIPE_LIMIT, wrapped=self._bwrap is not None)
         except OSError as error:
             raise SpawnFailed(f"fork/exec {program}: {error.strerror}") from error
@@ -348,6 +374,9 @@ class FakeRuntime(Runtime):
         """The sandbox's mount table (the execd filesystem operations map paths with it)."""
         return self._get(sandbox_id).layout
 
+    def environment(self, sandbox_id: str) -> dict[str, str]:
+        return dict(self._get(sandbox_id).env)
+
     def filesystem(self, sandbox_id: str) -> FakeFilesystem:
         sandbox = self._get(sandbox_id)
         return FakeFilesystem(sandbox.layout, home=sandbox.env.get("HOME", "/root"))
@@ -372,6 +401,19 @@ class FakeRuntime(Runtime):
         return ResourceUsage(cpu_count=cpu_count, cpu_used_pct=round(min(max(percent, 0), 100), 2),
                              mem_total_mib=round(mem_total, 1),
                              mem_used_mib=round(min(rss / 1048576, mem_total), 1))
+
+
+def _touch(layout: SandboxLayout, sandbox_path: str) -> None:
+    """Create the env file (and its directory), as upstream's bootstrap does: a path the
+    sandbox cannot write is only logged, the variable still names it."""
+    try:
+        target = layout.resolve(sandbox_path)
+        target.require_writable()
+        os.makedirs(os.path.dirname(target.host_path), exist_ok=True)
+        with open(target.host_path, "a"):
+            pass
+    except (OSError, RuntimeFailure) as error:
+        log.warning("cannot create the env file %s: %s", sandbox_path, error)
 
 
 def _hostname(sandbox_id: str) -> str:
