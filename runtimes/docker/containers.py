@@ -11,8 +11,8 @@ from docker.errors import APIError, ImageNotFound
 from docker.types import Mount
 from docker.utils import parse_repository_tag
 
-from opensandbox_emulator.runtimes.base import SandboxSpec
-from opensandbox_emulator.runtimes.docker import labels
+from opensandbox_emulator.runtimes.base import DEFAULT_ENV_FILE, SandboxSpec
+from opensandbox_emulator.runtimes.docker import labels, tarstream
 from opensandbox_emulator.runtimes.docker.engine import Engine, explain, refused_as_invalid
 from opensandbox_emulator.runtimes.docker.limits import Limits
 from opensandbox_emulator.runtimes.docker.settings import DockerSettings
@@ -61,7 +61,9 @@ def container_options(spec: SandboxSpec, settings: DockerSettings, limits: Limit
     options: dict[str, Any] = {
         "name": labels.container_name(spec.sandbox_id),
         "entrypoint": list(spec.entrypoint),
-        "environment": [f"{k}={v}" for k, v in spec.env.items()],
+        # EXECD_ENVS as upstream's bootstrap sets it, unless the request names another.
+        "environment": [f"{k}={v}" for k, v in
+                        {"EXECD_ENVS": DEFAULT_ENV_FILE, **spec.env}.items()],
         "labels": labels.make_labels(spec, settings.instance),
         "mounts": mounts,
         "security_opt": _security_options(settings) or None,
@@ -97,6 +99,17 @@ def _security_options(settings: DockerSettings) -> list[str]:
                 seccomp = handle.read()
         options.append(f"seccomp={seccomp}")
     return options
+
+
+async def create_env_file(engine: Engine, container_id: str, path: str) -> None:
+    """An empty env file before the entrypoint starts, as upstream's bootstrap makes; a
+    path the engine refuses is only logged (upstream's bootstrap only warns)."""
+    archive = (tarstream.file_header(path.lstrip("/"), 0, mode=0o644, uid=0, gid=0)
+               + tarstream.END_OF_ARCHIVE)
+    try:
+        await engine.call(engine.api.put_archive, container_id, "/", archive)
+    except APIError as error:
+        log.warning("cannot create the env file %s: %s", path, explain(error))
 
 
 def creation_failure(error: APIError) -> RuntimeFailure:

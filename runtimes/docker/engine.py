@@ -230,9 +230,10 @@ class Engine:
 
     # --- exec streams ------------------------------------------------------------------------
 
-    async def attach_exec(self, exec_id: str) -> RawStream:
+    async def attach_exec(self, exec_id: str, *, tty: bool = False) -> RawStream:
         """Start the exec and return its raw output stream (8-byte framed, as the engine
-        sends it without a TTY). Raises `ExecStartError` when the engine refuses."""
+        sends it without a TTY; the bare bytes with `tty`). Raises `ExecStartError` when
+        the engine refuses."""
         api = self.api
         base = api.base_url
         adapter = getattr(api, "_custom_adapter", None)
@@ -246,8 +247,8 @@ class Engine:
                 parts.hostname, parts.port or (2376 if context else 2375), ssl=context,
                 limit=1 << 20)
         else:
-            return await self._attach_with_sdk(exec_id)
-        body = json.dumps({"Detach": False, "Tty": False}).encode()
+            return await self._attach_with_sdk(exec_id, tty)
+        body = json.dumps({"Detach": False, "Tty": tty}).encode()
         request = (f"POST /v{api._version}/exec/{exec_id}/start HTTP/1.1\r\n"
                    "Host: docker\r\nContent-Type: application/json\r\n"
                    f"Content-Length: {len(body)}\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
@@ -292,9 +293,9 @@ class Engine:
             context.load_cert_chain(cert)
         return context
 
-    async def _attach_with_sdk(self, exec_id: str) -> RawStream:
+    async def _attach_with_sdk(self, exec_id: str, tty: bool) -> RawStream:
         try:
-            sock = await self.call(self.api.exec_start, exec_id, socket=True)
+            sock = await self.call(self.api.exec_start, exec_id, socket=True, tty=tty)
         except APIError as error:
             raise ExecStartError(error.explanation or str(error), wrong_state=wrong_state(error)
                                  ) from error

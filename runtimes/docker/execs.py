@@ -1,7 +1,8 @@
 """Everything that runs inside a sandbox's container goes through an exec.
 
 `open_exec` starts one and returns its raw stream. On top of it: `spawn_process` starts a
-sandbox process (wrapped as `processes.py` describes), `run_helper` runs one helper
+sandbox process (wrapped as `processes.py` describes, or on a terminal as `terminal.py`
+does), `run_helper` runs one helper
 operation (`helpers.py`) through the sandbox's agents, and `signal_group` signals a
 process group through a helper.
 """
@@ -9,6 +10,7 @@ process group through a helper.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Mapping
@@ -16,7 +18,8 @@ from typing import Any
 
 from docker.errors import APIError, NotFound
 
-from opensandbox_emulator.runtimes.base import SandboxProcess, SpawnRequest
+from opensandbox_emulator.runtimes.base import SandboxProcess, SpawnRequest, TerminalSize
+from opensandbox_emulator.runtimes.docker import terminal
 from opensandbox_emulator.runtimes.docker.engine import (
     Engine,
     ExecStartError,
@@ -58,12 +61,13 @@ HELPER_TIME_LIMIT = 120.0
 
 async def open_exec(engine: Engine, sandbox: DockerSandbox, argv: list[str], *,
                     user: str = "", environment: Mapping[str, str] | None = None,
-                    stdin: bool = False) -> tuple[str, RawStream]:
-    """Start `argv` in the container; its exec id and raw (framed) stream."""
+                    stdin: bool = False, tty: bool = False) -> tuple[str, RawStream]:
+    """Start `argv` in the container; its exec id and raw stream (framed; with `tty`, the
+    terminal's bytes as they are)."""
     try:
         created = await engine.call(
             engine.api.exec_create, sandbox.container, argv, stdout=True, stderr=True,
-            stdin=stdin, user=user, environment=dict(environment or {}))
+            stdin=stdin, tty=tty, user=user, environment=dict(environment or {}))
     except NotFound as error:
         raise SandboxMissing(sandbox.sandbox_id) from error
     except APIError as error:
@@ -71,7 +75,7 @@ async def open_exec(engine: Engine, sandbox: DockerSandbox, argv: list[str], *,
                           wrong_state=wrong_state(error)) from error
     exec_id = str(created["Id"])
     try:
-        return exec_id, await engine.attach_exec(exec_id)
+        return exec_id, await engine.attach_exec(exec_id, tty=tty)
     except (ExecStartError, OSError) as error:
         raise SpawnFailed(f"the sandbox cannot run commands now: {error}",
                           wrong_state=isinstance(error, ExecStartError) and error.wrong_state
@@ -90,6 +94,8 @@ async def spawn_process(engine: Engine, sandbox: DockerSandbox, request: SpawnRe
         uid = request.uid if request.uid is not None else 0
         gid = request.gid if request.gid is not None else uid
         user = f"{uid}:{gid}"
+    if request.terminal is not None:
+        return await _spawn_on_terminal(engine, sandbox, request, user)
     program = request.argv[0]
     cacheable = "/" not in program and "PATH" not in request.env
     missing = sandbox.missing_programs
@@ -102,16 +108,54 @@ async def spawn_process(engine: Engine, sandbox: DockerSandbox, request: SpawnRe
         engine, sandbox, wrap(list(request.argv), request.cwd, request.merge_stderr, tag),
         user=user, environment=request.env, stdin=request.stdin)
     pump = OutputPump(stream, merged=request.merge_stderr, tag=tag)
-    try:
-        handshake = await asyncio.wait_for(asyncio.shield(pump.handshake), HANDSHAKE_TIMEOUT)
-    except (TimeoutError, asyncio.CancelledError):
-        await pump.close()
-        raise
+    handshake = await _handshake(pump)
     if not handshake.startswith("pid "):
         await pump.close()
         if handshake == "noexec" and cacheable:
             missing.add(program)
         raise spawn_failure(handshake, program, request.cwd)
+    words = handshake.split()
+    return _track(engine, sandbox, exec_id, pump, int(words[1]), stdin=request.stdin,
+                  piped="piped" in words[2:])
+
+
+async def _spawn_on_terminal(engine: Engine, sandbox: DockerSandbox, request: SpawnRequest,
+                             user: str) -> SandboxProcess:
+    """An exec with a TTY (`terminal.py`), resized through the engine."""
+    assert request.terminal is not None
+    exec_id, stream = await open_exec(
+        engine, sandbox, terminal.wrap(list(request.argv), request.cwd), user=user,
+        environment=request.env, stdin=True, tty=True)
+    pump = terminal.TerminalPump(stream)
+
+    async def resize(size: TerminalSize) -> None:
+        with contextlib.suppress(APIError):
+            await engine.call(engine.api.exec_resize, exec_id, height=size.rows,
+                              width=size.cols)
+
+    await resize(request.terminal)
+    handshake = await _handshake(pump)
+    if not handshake.startswith("pid "):
+        await pump.close()
+        raise spawn_failure(handshake, request.argv[0], request.cwd)
+    process = _track(engine, sandbox, exec_id, pump, int(handshake.split()[1]), stdin=True)
+    process.terminal = terminal.ExecTerminal(resize, pump)
+    return process
+
+
+async def _handshake(pump: OutputPump | terminal.TerminalPump) -> str:
+    """The wrapper's first word on the started exec (see `processes.py`)."""
+    try:
+        return await asyncio.wait_for(asyncio.shield(pump.handshake), HANDSHAKE_TIMEOUT)
+    except (TimeoutError, asyncio.CancelledError):
+        await pump.close()
+        raise
+
+
+def _track(engine: Engine, sandbox: DockerSandbox, exec_id: str,
+           pump: OutputPump | terminal.TerminalPump, pgid: int, *, stdin: bool,
+           piped: bool = False) -> ExecProcess:
+    """The started exec as a process of the sandbox (stopped with it)."""
 
     async def inspect() -> dict[str, Any]:
         try:
@@ -123,10 +167,8 @@ async def spawn_process(engine: Engine, sandbox: DockerSandbox, request: SpawnRe
     async def signaller(pgid: int, sig: int) -> bool:
         return await signal_group(engine, sandbox, pgid, sig)
 
-    words = handshake.split()
-    process = ExecProcess(pump, int(words[1]), inspect, signaller,
-                          on_exit=sandbox.processes.discard, stdin=request.stdin,
-                          piped="piped" in words[2:])
+    process = ExecProcess(pump, pgid, inspect, signaller,  # type: ignore[arg-type]
+                          on_exit=sandbox.processes.discard, stdin=stdin, piped=piped)
     sandbox.processes.add(process)
     return process
 

@@ -42,6 +42,7 @@ from opensandbox_emulator.runtimes.base import (
 from opensandbox_emulator.runtimes.docker import labels
 from opensandbox_emulator.runtimes.docker.containers import (
     container_options,
+    create_env_file,
     creation_failure,
     ensure_image,
 )
@@ -110,7 +111,7 @@ class DockerRuntime(Runtime):
             if renewed:
                 spec = replace(spec, expires_at=when)
             specs.append(spec)
-            self._track(sandbox_id, spec.env.get("HOME", "/root"))
+            self._track(sandbox_id, container.attrs)
         await self.expiry.forget(keep_only=set(self._sandboxes))
         if specs:
             log.info("adopted %d sandbox container(s) of instance %r", len(specs),
@@ -126,9 +127,9 @@ class DockerRuntime(Runtime):
 
     # --- the sandboxes this runtime holds ------------------------------------------------
 
-    def _track(self, sandbox_id: str, home: str) -> DockerSandbox:
+    def _track(self, sandbox_id: str, attrs: dict[str, Any]) -> DockerSandbox:
         """The one place a `DockerSandbox` is made: a container created or adopted."""
-        sandbox = self._sandboxes[sandbox_id] = DockerSandbox(sandbox_id, home=home or "/root")
+        sandbox = self._sandboxes[sandbox_id] = DockerSandbox.from_attrs(sandbox_id, attrs)
         return sandbox
 
     async def _forget(self, sandbox_id: str) -> None:
@@ -165,10 +166,9 @@ class DockerRuntime(Runtime):
                                                spec.image, **options)
         except APIError as error:
             raise creation_failure(error) from error
-        env = (container.attrs.get("Config") or {}).get("Env") or []
-        homes = [item[5:] for item in env if item.startswith("HOME=")]
-        self._track(spec.sandbox_id, homes[-1] if homes else "/root")
+        self._track(spec.sandbox_id, container.attrs)
         try:
+            await create_env_file(self.engine, container.id, self.env_file(spec.sandbox_id))
             await self.engine.call(container.start)
         except APIError as error:
             with contextlib.suppress(APIError):
@@ -249,6 +249,9 @@ class DockerRuntime(Runtime):
         return await usage(self.engine, self._sandbox(sandbox_id), self._host_cpus)
 
     # --- files ---------------------------------------------------------------------------------
+
+    def environment(self, sandbox_id: str) -> dict[str, str]:
+        return dict(self._sandbox(sandbox_id).environment)
 
     def filesystem(self, sandbox_id: str) -> DockerFilesystem:
         return DockerFilesystem(self._sandbox(sandbox_id), self.engine)

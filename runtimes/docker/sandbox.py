@@ -32,7 +32,9 @@ class CpuSample:
 @dataclass(eq=False)
 class DockerSandbox:
     sandbox_id: str
-    home: str = "/root"  # HOME of the container's root user, for `~` in file paths
+    # The container's Config.Env (the image's and the create request's variables), with
+    # the HOME the engine gives its processes when the image sets none.
+    environment: dict[str, str] = field(default_factory=dict)
     processes: set[ExecProcess] = field(default_factory=set)
     agents: AgentPool | None = None  # made on the first helper operation
     # Sandbox port: its relay and the relay's port on the server's loopback.
@@ -46,6 +48,18 @@ class DockerSandbox:
     # an agent (~1 ms) instead of another exec (~40 ms) before each retry.
     missing_programs: set[str] = field(default_factory=set)
     closed: bool = False
+
+    @classmethod
+    def from_attrs(cls, sandbox_id: str, attrs: dict[str, Any]) -> DockerSandbox:
+        pairs = (attrs.get("Config") or {}).get("Env") or []
+        environment = dict(item.partition("=")[::2] for item in pairs)
+        environment.setdefault("HOME", "/root")  # root's, as the sandbox runs as root
+        return cls(sandbox_id, environment=environment)
+
+    @property
+    def home(self) -> str:
+        """HOME of the container's root user, for `~` in file paths."""
+        return self.environment.get("HOME") or "/root"
 
     @property
     def container(self) -> str:
