@@ -28,3 +28,18 @@ class NotFound(ApiError):
 class ExecdRuntimeError(ApiError):
     status_code = 500
     code = "RUNTIME_ERROR"
+
+
+class UnknownSession(ApiError):
+    """A bash or PTY session id that does not exist (upstream's code and wording)."""
+
+    status_code = 404
+    code = "CONTEXT_NOT_FOUND"
+
+    def __init__(self, session_id: str, what: str = "session", hint: str = ""):
+        super().__init__(f"{what} {session_id} not found" + (f": {hint}" if hint else ""))
+
+
+class NotSupported(ApiError):
+    status_code = 501
+    code = "NOT_SUPPORTED"

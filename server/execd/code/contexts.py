@@ -29,6 +29,7 @@ from opensandbox_emulator.server.execd.code.errors import (
     LanguageUnavailable,
 )
 from opensandbox_emulator.server.execd.code.interpreter import Busy, Execution, Gone, Interpreter
+from opensandbox_emulator.server.execd.envfile import env_file_entries
 from opensandbox_emulator.server.execd.errors import InvalidRequestBody
 from opensandbox_emulator.server.execd.sandbox import ExecdSandbox
 
@@ -201,7 +202,8 @@ class CodeContexts:
         label = f"sandbox {self.sandbox.sandbox_id} {context.language} context {context.id}"
         try:
             return await Interpreter.start(self.sandbox.runtime, self.sandbox.sandbox_id,
-                                           driver, context.cwd, label=label)
+                                           driver, context.cwd, label=label,
+                                           env=await env_file_entries(self.sandbox))
         except ExecutableNotFound as error:
             raise LanguageUnavailable(
                 f"{driver.language} contexts need `{driver.tool}`, which is not on this "

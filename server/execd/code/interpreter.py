@@ -19,7 +19,7 @@ import contextlib
 import logging
 import secrets
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,12 +146,14 @@ class Interpreter:
 
     @classmethod
     async def start(cls, runtime: Runtime, sandbox_id: str, driver: Driver, cwd: str | None,
-                    *, label: str, start_timeout: float = START_TIMEOUT) -> Interpreter:
+                    *, label: str, start_timeout: float = START_TIMEOUT,
+                    env: Mapping[str, str] | None = None) -> Interpreter:
         """Spawn the driver and wait for its `ready`. Raises `SpawnFailed` as the runtime
-        does, and an `ApiError` when the interpreter starts but cannot run."""
+        does, and an `ApiError` when the interpreter starts but cannot run. `env` (the env
+        file's entries) goes under the driver's own variables."""
         token = secrets.token_hex(12)
-        request = SpawnRequest(argv=driver.argv(token, cwd or ""), env=dict(driver.env),
-                               stdin=True)
+        request = SpawnRequest(argv=driver.argv(token, cwd or ""),
+                               env={**(env or {}), **driver.env}, stdin=True)
         process = await runtime.spawn(sandbox_id, request)
         interpreter = cls(driver, process, token, label)
         if process.stdin is None:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from dataclasses import replace
 
 from opensandbox_emulator.runtimes.failures import SpawnFailed
 from opensandbox_emulator.server.execd.commands.runner import Command, CommandSpec, spawn_shell
+from opensandbox_emulator.server.execd.envfile import env_file_entries
 from opensandbox_emulator.server.execd.errors import NotFound
 from opensandbox_emulator.server.execd.sandbox import ExecdSandbox
 
@@ -33,6 +35,8 @@ class CommandRegistry:
         start is (finished, exit code 255). Other runtime failures are raised."""
         self._prune()
         sandbox = self.sandbox
+        # The env file under the request's own variables, read afresh for each command.
+        spec = replace(spec, envs={**await env_file_entries(sandbox), **spec.envs})
         command = Command(sandbox.ids.command_id(), spec, clock=sandbox.clock,
                           log_capacity=sandbox.config.log_buffer_bytes,
                           on_finished=self._on_finished)

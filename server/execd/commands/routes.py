@@ -31,6 +31,7 @@ from opensandbox_emulator.server.execd.errors import (
 )
 from opensandbox_emulator.server.execd.events import EventStreamResponse
 from opensandbox_emulator.server.execd.sandbox import ExecdSandbox, current_sandbox
+from opensandbox_emulator.server.execd.sessions.bash import sessions_of
 
 router = APIRouter(tags=["command"])
 
@@ -85,6 +86,11 @@ async def interrupt_command(
 ) -> Response:
     if not command_id:
         raise MissingQuery("id")
+    sessions = sessions_of(sandbox)
+    if command_id in sessions:
+        # A bash session run's id is its session's: upstream deletes the session.
+        await sessions.delete(command_id)
+        return Response(status_code=200)
     command = commands_of(sandbox).get(command_id)
     await command.interrupt(sandbox.config.interrupt_grace_seconds)
     return Response(status_code=200)

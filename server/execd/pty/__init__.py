@@ -1,0 +1,1 @@
+"""Interactive terminals: `POST /pty`, `GET|DELETE /pty/{id}`, WebSocket `/pty/{id}/ws`."""

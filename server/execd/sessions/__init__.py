@@ -1,0 +1,1 @@
+"""Bash sessions: `POST /session`, `POST /session/{id}/run`, `DELETE /session/{id}`."""
