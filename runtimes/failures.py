@@ -130,6 +130,15 @@ class SymlinkLoop(InvalidArgument):
         self.path = path
 
 
+class SymlinkRefused(InvalidArgument):
+    """A directory listing asked to start at a symlink (upstream refuses to traverse it)."""
+
+    def __init__(self, path: str):
+        super().__init__(f"path is a symbolic link, refusing to traverse: {path}",
+                         field="path")
+        self.path = path
+
+
 class Unsupported(RuntimeFailure):
     """This runtime does not do that at all."""
 

@@ -17,7 +17,13 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from opensandbox_emulator.runtimes.failures import InvalidArgument, UnknownGroup, UnknownUser
+from opensandbox_emulator.runtimes.failures import (
+    InvalidArgument,
+    NotADirectory,
+    SymlinkRefused,
+    UnknownGroup,
+    UnknownUser,
+)
 
 CHUNK_SIZE = 1024 * 1024  # reads and writes move at most this much at a time
 
@@ -246,6 +252,25 @@ class SandboxFilesystem(ABC):
         """Every non-directory entry under `root` (recursively, symlinks listed but not
         followed) whose base name satisfies `match`, in lexical walk order. A root that
         is a file is checked itself. Raises `FileNotFound` for a missing root."""
+
+    async def list_directory(self, path: str, depth: int) -> list[FileInfo]:
+        """The entries below directory `path` down to `depth` levels (1: its children), the
+        directory itself left out, depth first in lexical order, each directory followed by
+        its descendants; symlinks are listed, never followed. Raises `FileNotFound`,
+        `SymlinkRefused` when `path` itself is a symlink, `NotADirectory`."""
+        shown = self.display(path)
+        info = await self.stat(path, follow_symlinks=False)
+        if info.type is FileType.SYMLINK:
+            raise SymlinkRefused(shown)
+        if info.type is not FileType.DIRECTORY:
+            raise NotADirectory(shown, f"path is not a directory: {shown}")
+        if depth <= 0:
+            return []
+        return await self.entries_below(path, depth)
+
+    @abstractmethod
+    async def entries_below(self, directory: str, depth: int) -> list[FileInfo]:
+        """`list_directory` past its checks: `directory` is a directory, `depth` >= 1."""
 
     @abstractmethod
     async def open_read(self, path: str) -> FileReader:

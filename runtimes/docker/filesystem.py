@@ -152,11 +152,19 @@ class DockerFilesystem(SandboxFilesystem):
         return (await self._stat(path, follow_symlinks))[0]
 
     async def search(self, root: str, match: Callable[[str], bool]) -> list[FileInfo]:
+        return await self._walk(root, ["search"], match)
+
+    async def entries_below(self, directory: str, depth: int) -> list[FileInfo]:
+        return await self._walk(directory, ["list", str(depth)], lambda _: True)
+
+    async def _walk(self, root: str, operation: list[str], match: Callable[[str], bool]
+                    ) -> list[FileInfo]:
+        """`find` below `root` (a search or a listing), as the sandbox sees its paths."""
         shown = self.display(root)
         real = await self._resolve(root, follow=True)
-        result = await self._run("search", real)
+        result = await self._run(operation[0], real, *operation[1:])
         if result.exit_code != 0:
-            raise helper_failure(result, "search", shown)
+            raise helper_failure(result, operation[0], shown)
         sections = read_sections(result.stdout.decode(errors="surrogateescape"))
         names = account_names(sections)
         kernel = [m.point for m in await self._mounts() if m.kernel]

@@ -76,6 +76,10 @@ search)
   find "$1" \( -path /proc -o -path /sys -o -path /dev \) -prune -o ! -type d \
     -exec stat -c "$FMT" {} + 2>/dev/null
   ids ;;
+list)
+  find "$1" -mindepth 1 -maxdepth "$2" \( -path /proc -o -path /sys -o -path /dev \) -prune \
+    -o -exec stat -c "$FMT" {} + || exit 1
+  ids ;;
 read) head -c "$2" "$1" ;;
 prepare)
   d=$(dirname "$1")

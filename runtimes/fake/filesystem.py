@@ -299,10 +299,30 @@ class FakeFilesystem(SandboxFilesystem):
             _close(fd)
             _close(listing)
 
+    async def entries_below(self, directory: str, depth: int) -> list[FileInfo]:
+        return await asyncio.to_thread(self._entries_below, directory, depth)
+
+    def _entries_below(self, directory: str, depth: int) -> list[FileInfo]:
+        target = self._target(directory)
+        fd = self._open_target(target, os.O_DIRECTORY)
+        listing: int | None = None
+        try:
+            listing = self._reopen(fd, os.O_RDONLY | os.O_DIRECTORY)
+            found: list[FileInfo] = []
+            self._walk(listing, target.sandbox_path, target.shown, lambda _: True,
+                       self._names(), found, depth=depth)
+            return found
+        except OSError as error:
+            raise _failure(error, "list", target.shown) from error
+        finally:
+            _close(fd)
+            _close(listing)
+
     def _walk(self, fd: int, sandbox_dir: str, shown_dir: str, match: Callable[[str], bool],
-              names: AccountNames, found: list[FileInfo]) -> None:
+              names: AccountNames, found: list[FileInfo], *, depth: int | None = None) -> None:
         """Depth-first in lexical order, as upstream's walk; crosses into the sandbox's
-        other mounts (volumes, system directories) where the sandbox would see them."""
+        other mounts (volumes, system directories) where the sandbox would see them. With
+        `depth` (a listing) directories are entries too, and the walk goes that deep."""
         try:
             entries = sorted(os.listdir(fd))
         except OSError as error:
@@ -329,6 +349,11 @@ class FakeFilesystem(SandboxFilesystem):
                                     | os.O_CLOEXEC, dir_fd=fd)
                 except OSError:
                     continue  # replaced meanwhile: skip, as a walk racing `rm` would
+            if depth is not None:
+                found.append(self._info(child_shown, os.fstat(child), names))
+                if depth <= 1:
+                    _close(child)
+                    continue
             try:
                 listing = self._reopen(child, os.O_RDONLY | os.O_DIRECTORY)
             except OSError as error:
@@ -336,7 +361,8 @@ class FakeFilesystem(SandboxFilesystem):
                 raise _failure(error, "search", child_shown) from error
             _close(child)
             try:
-                self._walk(listing, child_sandbox, child_shown, match, names, found)
+                self._walk(listing, child_sandbox, child_shown, match, names, found,
+                           depth=None if depth is None else depth - 1)
             finally:
                 _close(listing)
 

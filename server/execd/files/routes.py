@@ -25,6 +25,7 @@ from opensandbox_emulator.server.execd.files.common import (
 )
 from opensandbox_emulator.server.execd.files.download import download
 from opensandbox_emulator.server.execd.files.globs import BadPattern, compile_glob
+from opensandbox_emulator.server.execd.files.lines import download_lines
 from opensandbox_emulator.server.execd.files.upload import receive_upload
 
 router = APIRouter(tags=["filesystem"])
@@ -141,10 +142,32 @@ async def upload_files(fs: Files, request: Request) -> Response:
 
 
 @router.get("/files/download")
-async def download_file(fs: Files, request: Request, path: str = "") -> Response:
+async def download_file(fs: Files, request: Request, path: str = "",
+                        offset: str | None = None, limit: str | None = None) -> Response:
     if not path:
         raise MissingQuery("path")
+    if offset or limit:
+        return await download_lines(fs, path, request, offset, limit)
     return await download(fs, path, request)
+
+
+@router.get("/directories/list")
+async def list_directory(fs: Files, path: str = "", depth: str | None = None
+                         ) -> JSONResponse:
+    if not path:
+        raise MissingQuery("path")
+    levels = 1
+    if depth is not None and depth != "":
+        try:
+            levels = int(depth)
+        except ValueError:
+            levels = -1
+        if levels < 0:
+            raise InvalidRequestBody(f"invalid query parameter 'depth': {depth!r} is not an "
+                                     "integer >= 0 (0 lists nothing, 1 the children, the "
+                                     "default)")
+    entries = await fs.list_directory(path, levels)
+    return JSONResponse([file_info_body(info) for info in entries])
 
 
 @router.post("/directories")
