@@ -16,7 +16,7 @@ from opensandbox.exceptions import SandboxException
 from opensandbox.models.filesystem import DirectoryListEntry, WriteEntry
 
 
-def lines(execution):  # noqa: ANN001, ANN201
+def lines(execution):
     return [m.text for m in execution.logs.stdout]
 
 

@@ -50,10 +50,11 @@ def _validate(spec: str, response: httpx.Response, server: str, path: str,
         content_type=content_type or "application/json"))
 
 
-def assert_execd_spec(response: httpx.Response) -> None:
-    """Validate an execd response reached through the gateway's `/<id>/44772/…` URI."""
+def assert_execd_spec(response: httpx.Response, spec: str = "execd-api.yaml") -> None:
+    """Validate an execd response reached through the gateway's `/<id>/44772/…` URI
+    (against upstream's newest execd spec with `spec="head/execd-api.yaml"`)."""
     url_path = urlsplit(str(response.request.url)).path
-    _validate("execd-api.yaml", response, "http://localhost:44772",
+    _validate(spec, response, "http://localhost:44772",
               "/" + url_path.split("/", 3)[3], send_body=False)
 
 

@@ -134,6 +134,7 @@ class SessionRun:
             elif text.startswith(markers.exit):
                 with contextlib.suppress(ValueError):
                     self._exit_code = int(text[len(markers.exit):])
+                self._phase = "after"  # a job left running may still print
             else:
                 self._end_dump.append(text)
             return
@@ -175,7 +176,7 @@ class SessionRun:
                                stamp)
         if self._stopped == "killed":
             return error_event(ENAME, "-1", ["signal: killed"], stamp)
-        if self._phase == "env":  # the script got past the user's text
+        if self._phase in ("env", "after"):  # the script got past the user's text
             self.session.remember(parse_export_dump(self._start_dump),
                                   parse_export_dump(self._end_dump), self._pwd)
         code = self._exit_code if self._exit_code is not None else process_code
