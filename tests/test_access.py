@@ -30,28 +30,10 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from tests.helpers.app_sandboxes import app_sandbox_body, free_port, host_volume, wait_until_served
+from tests.helpers.routes import ROUTES, route, ws_url
 from tests.helpers.servers import ServerProcess, create_body, launch
 
 EXECD = 44772
-ROUTES = ("gateway-uri", "gateway-header", "proxy", "proxy-v1")
-
-
-def route(server: ServerProcess, sandbox_id: str, port: int,
-          kind: str) -> tuple[str, dict[str, str]]:
-    """(base URL, extra headers) that reach `port` of `sandbox_id` by the path `kind`."""
-    if kind == "gateway-uri":
-        return f"{server.gateway_url}/{sandbox_id}/{port}", {}
-    if kind == "gateway-header":
-        return server.gateway_url, {"OpenSandbox-Ingress-To": f"{sandbox_id}-{port}"}
-    if kind == "proxy":
-        return f"{server.url}/sandboxes/{sandbox_id}/proxy/{port}", {}
-    if kind == "proxy-v1":
-        return f"{server.url}/v1/sandboxes/{sandbox_id}/proxy/{port}", {}
-    raise ValueError(kind)
-
-
-def ws_url(base: str) -> str:
-    return "ws://" + base.removeprefix("http://")
 
 
 def raw_request(url: str, method: str = "GET", headers: dict[str, str] | None = None,

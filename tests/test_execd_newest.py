@@ -17,17 +17,17 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import (
+from tests.helpers.contract import assert_execd_spec
+from tests.helpers.frames import split_frames
+from tests.helpers.newer_sdks import NEXT_JS, NEXT_PYTHON, require, run_json
+from tests.helpers.routes import ROUTES, route
+from tests.helpers.servers import (
     ServerProcess,
     create_body,
     execd_url,
     no_leftover_processes,
     wait_for,
 )
-from tests.helpers.contract import assert_execd_spec
-from tests.helpers.frames import split_frames
-from tests.test_access import ROUTES, route
-from tests.test_newer_sdks import NEXT_JS, NEXT_PYTHON, require, run_json
 
 HEAD_SPEC = "head/execd-api.yaml"
 
@@ -234,7 +234,8 @@ def test_session_delete_stops_its_runs(box: str) -> None:
     assert events[-1]["type"] == "error"
     assert events[-1]["error"]["evalue"] == "-1"
     assert events[-1]["error"]["traceback"] == ["signal: killed"]
-    wait_for(lambda: processes_named(box, "sleep 321", "sleep 322") == 0, "the run's processes to die")
+    wait_for(lambda: processes_named(box, "sleep 321", "sleep 322") == 0,
+             "the run's processes to die")
 
 
 def test_session_run_waits_for_a_job_that_keeps_stdout(box: str) -> None:

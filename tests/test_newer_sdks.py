@@ -7,28 +7,10 @@ Each runs in its own environment (`tests/setup.sh` installs both) as a subproces
 
 from __future__ import annotations
 
-import json
-import subprocess
-from pathlib import Path
-
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers.newer_sdks import NEXT_JS, NEXT_PYTHON, require, run_json
 from tests.helpers.servers import ServerProcess
-
-NEXT_PYTHON = ROOT / ".venv-sdk-next" / "bin" / "python"
-NEXT_JS = ROOT / "tests" / "js" / "node_modules" / "opensandbox-next"
-
-
-def run_json(argv: list[str]) -> dict[str, object]:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
-
-
-def require(path: Path) -> None:
-    if not path.exists():
-        pytest.fail(f"{path} is missing: run tests/setup.sh")
 
 
 @pytest.mark.parametrize("proxy", [False, True], ids=["gateway", "server-proxy"])
