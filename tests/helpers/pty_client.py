@@ -13,10 +13,12 @@ from websockets.sync.client import ClientConnection, connect
 
 
 class PtyClient:
-    def __init__(self, url: str, **query: Any):
+    def __init__(self, url: str, *, additional_headers: dict[str, str] | None = None,
+                 **query: Any):
         params = "&".join(f"{k}={v}" for k, v in query.items())
         self.ws: ClientConnection = connect(url + (f"?{params}" if params else ""),
-                                            open_timeout=30, max_size=None)
+                                            additional_headers=additional_headers,
+                                            open_timeout=30, max_size=None, legacy=True)
         self.output = bytearray()  # 0x01 bytes (stdout in pipe mode)
         self.errors = bytearray()  # 0x02 bytes (pipe mode)
         self.replay: tuple[int, bytes] | None = None

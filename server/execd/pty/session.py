@@ -42,6 +42,9 @@ OUTBOX_SLOTS = 64  # frames queued for a client; a client this far behind is wai
 SEND_TIMEOUT = 10.0  # a client that takes no frame for this long is dropped (as upstream)
 DRAIN_AFTER_EXIT = 1.0  # output a child still prints after the process exited
 STOP_WAIT = 5.0
+# A terminal needs a type for `vi`, `top` or curses to draw; upstream passes none (so they
+# fail until the user sets one). Used where neither the sandbox nor the env file has one.
+DEFAULT_TERM = "xterm-256color"
 
 
 @dataclass(frozen=True)
@@ -146,12 +149,16 @@ class PtySession:
             argv = ["bash", "--norc", "--noprofile"]
             if self.command:
                 argv += ["-c", self.command]
-            request = SpawnRequest(argv=argv, cwd=self.cwd,
-                                   env=await env_file_entries(self.sandbox),
+            env = await env_file_entries(self.sandbox)
+            runtime, sandbox_id = self.sandbox.runtime, self.sandbox.sandbox_id
+            if mode == "pty" and "TERM" not in env and \
+                    "TERM" not in runtime.environment(sandbox_id):
+                env["TERM"] = DEFAULT_TERM
+            request = SpawnRequest(argv=argv, cwd=self.cwd, env=env,
                                    terminal=self.size if mode == "pty" else None,
                                    stdin=mode == "pipe")
             try:
-                process = await self.sandbox.runtime.spawn(self.sandbox.sandbox_id, request)
+                process = await runtime.spawn(sandbox_id, request)
             except SpawnFailed as error:
                 raise StartFailed(error.message) from error
             self.process = process
