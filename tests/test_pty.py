@@ -183,21 +183,32 @@ def test_delete_kills_the_process_and_detaches_the_client(box: str) -> None:
 
 
 def test_a_full_screen_program(box: str) -> None:
-    """curses draws on the terminal at its size and reads one key, as `vi` or `top` do."""
+    """curses draws on the terminal, follows its resizes and reads keys, as `vi` or `top`
+    do."""
+    # The first key read comes before "ready": ncurses starts watching for resizes there.
     program = ("import curses\n"
                "def main(screen):\n"
-               "    rows, cols = screen.getmaxyx()\n"
-               "    screen.addstr(2, 4, f'size {rows}x{cols} press a key')\n"
-               "    screen.refresh()\n"
-               "    key = screen.getkey()\n"
-               "    return key\n"
+               "    screen.timeout(50)\n"
+               "    ready = False\n"
+               "    while True:\n"
+               "        key = screen.getch()\n"
+               "        if key == -1 and not ready:\n"
+               "            screen.addstr(0, 0, 'ready')\n"
+               "            ready = True\n"
+               "        elif key == curses.KEY_RESIZE:\n"
+               "            rows, cols = screen.getmaxyx()\n"
+               "            screen.addstr(1, 0, f'size {rows}x{cols}')\n"
+               "        elif key != -1:\n"
+               "            return chr(key)\n"
+               "        screen.refresh()\n"
                "print('got', curses.wrapper(main))\n")
     encoded = base64.b64encode(program.encode()).decode()
     pty_id = new_pty(box, command="python3 -c 'import base64; "
                                   f"exec(base64.b64decode(\"{encoded}\"))'")
     client = PtyClient(socket_url(box, pty_id))
+    client.wait_for(b"ready")
     client.send({"type": "resize", "cols": 100, "rows": 30})
-    client.wait_for(b"size 30x100 press a key")
+    client.wait_for(b"size 30x100")
     client.type(b"z")
     client.wait_for(b"got z")
     assert client.wait_event("exit")["exit_code"] == 0
@@ -207,18 +218,16 @@ def test_vi_and_top(server: ServerProcess, box: str) -> None:
     fake_only(server, "the Debian test image has neither vi nor top; fake sandboxes see the "
                       "host's")
     _, client = shell(box)
-    client.type(b"vi /tmp/from-vi.txt\r")
-    time.sleep(0.5)
+    # Each program flushes what was typed ahead when it gives the terminal back, so the
+    # next step is on the same line.
+    client.type(b"vi /tmp/from-vi.txt; cat /tmp/from-vi.txt\r")
+    client.wait_for(b"[New]")
     client.type(b"iwritten in vi\x1b:wq\r")
-    client.wait_for(b"1L, 14B written")
-    time.sleep(0.3)  # back at the prompt
-    client.type(b"cat /tmp/from-vi.txt\r")
     client.wait_for(b"written in vi\r\n")
-    client.type(b"top\r")
+    client.type(b"top; echo top-$((6*7))\r")
     client.wait_for(b"load average")
     client.type(b"q")
-    client.type(b"echo top-quit\r")
-    client.wait_for(b"top-quit\r\n")
+    client.wait_for(b"top-42")
     client.close()
 
 
