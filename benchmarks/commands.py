@@ -4,8 +4,12 @@
 
 Starts its own server (fake runtime, bubblewrap) and one sandbox, then measures in one run:
 - the round trip of `echo hi` (request to the end of the stream) through the Python SDK
-  (`sandbox.commands.run`), through raw HTTP (httpx, keep-alive), and, as the baseline, a
-  bare `subprocess.run(["bash", "-c", "echo hi"])` on this host: median and p99;
+  (`sandbox.commands.run`), through raw HTTP (httpx, keep-alive), as a run in a warm bash
+  session (`POST /session/{id}/run`, raw HTTP), and, as the baseline, a bare
+  `subprocess.run(["bash", "-c", "echo hi"])` on this host: median and p99;
+- the PTY echo round trip: one key typed into a shell on the sandbox's terminal over the
+  WebSocket until its echo comes back, beside the same over a local pseudo-terminal pair
+  with no server (`os.openpty`, the kernel's echo);
 - stdout throughput of a foreground command printing `head -c 200M /dev/zero | base64`
   through the event stream (raw HTTP, read to the end), against the same command into a
   pipe on this host;
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import select
 import shutil
 import statistics
 import subprocess
@@ -34,6 +39,7 @@ from opensandbox import Sandbox
 from opensandbox.config import ConnectionConfig
 
 from opensandbox_emulator.runtimes.fake.layout import SandboxLayout
+from tests.helpers.pty_client import PtyClient
 from tests.helpers.servers import ServerProcess, execd_url
 
 # --- round trips ---------------------------------------------------------------------------
@@ -59,6 +65,57 @@ async def sdk_round_trips(sandbox: Sandbox, runs: int) -> list[float]:
         if i >= 5:
             samples.append(elapsed)
     return samples
+
+
+def session_round_trips(base: str, runs: int) -> list[float]:
+    with httpx.Client(timeout=60) as client:
+        session_id = client.post(f"{base}/session").json()["session_id"]
+
+        def once() -> None:
+            with client.stream("POST", f"{base}/session/{session_id}/run",
+                               json={"command": "echo hi"}) as r:
+                body = r.read()
+            assert b'"text":"hi"' in body and b"execution_complete" in body, body
+
+        samples = measure(once, runs, warmup=5)
+        client.delete(f"{base}/session/{session_id}")
+    return samples
+
+
+def pty_echo_round_trips(base: str, runs: int) -> list[float]:
+    """One key typed (raw stdin frame) until the terminal's echo of it arrives."""
+    # The keys go to `cat` on the terminal, which echoes them.
+    pty_id = httpx.post(f"{base}/pty", json={"command": "cat"}).json()["session_id"]
+    client = PtyClient("ws://" + base.removeprefix("http://") + f"/pty/{pty_id}/ws")
+    client.wait_event("connected")
+
+    def once() -> None:
+        seen = len(client.output)
+        client.type(b"x")
+        while len(client.output) == seen:
+            client._take(5)
+        assert client.output.endswith(b"x"), bytes(client.output[-20:])
+
+    samples = measure(once, runs, warmup=5)
+    client.close()
+    httpx.delete(f"{base}/pty/{pty_id}")
+    return samples
+
+
+def local_pty_round_trips(runs: int) -> list[float]:
+    """The baseline: a key written to a local terminal pair until its echo is readable."""
+    master, slave = os.openpty()
+
+    def once() -> None:
+        os.write(master, b"x")
+        select.select([master], [], [], 5)
+        assert os.read(master, 16) == b"x"
+
+    try:
+        return measure(once, runs, warmup=5)
+    finally:
+        os.close(master)
+        os.close(slave)
 
 
 def subprocess_round_trips(runs: int, prefix: list[str] | None = None) -> list[float]:
@@ -173,19 +230,28 @@ def run(server: ServerProcess, args: argparse.Namespace, workdir: str) -> None:
     sandbox_id, sdk = asyncio.run(with_sdk())
     base = execd_url(server, sandbox_id)
     raw = raw_round_trips(base, args.runs)
+    session = session_round_trips(base, args.runs)
     bare = subprocess_round_trips(args.runs)
     prefix = bubblewrap_prefix(workdir)
     isolated = subprocess_round_trips(args.runs, prefix) if prefix else None
     print("round trip of `echo hi`")
     print(f"  Python SDK commands.run         {summary(sdk, width=7)}")
     print(f"  raw HTTP POST /command          {summary(raw, width=7)}")
+    print(f"  run in a warm bash session      {summary(session, width=7)}")
     print(f"  bare subprocess.run (baseline)  {summary(bare, width=7)}")
     if isolated:
         print(f"  subprocess.run in bwrap         {summary(isolated, width=7)}   "
               "(isolation alone, no server)")
     print(f"  overhead: SDK {statistics.median(sdk) / statistics.median(bare):.1f}x, "
-          f"raw HTTP {statistics.median(raw) / statistics.median(bare):.1f}x the bare "
-          "subprocess\n")
+          f"raw HTTP {statistics.median(raw) / statistics.median(bare):.1f}x, "
+          f"session run {statistics.median(session) / statistics.median(bare):.1f}x the "
+          "bare subprocess\n")
+
+    typed = pty_echo_round_trips(base, args.runs)
+    local = local_pty_round_trips(args.runs)
+    print("PTY echo round trip (one key typed until its echo arrives)")
+    print(f"  WebSocket /pty/{{id}}/ws          {summary(typed, width=7)}")
+    print(f"  local openpty pair (baseline)   {summary(local, width=7)}\n")
 
     command = f"head -c {args.stream_mb}M /dev/zero | base64"
     stdout_bytes, pipe_seconds = pipe_throughput(command)
