@@ -18,11 +18,9 @@ from fastapi import APIRouter, Depends, WebSocket
 from pydantic import BaseModel, ConfigDict, StrictStr
 from starlette.responses import JSONResponse, Response
 
-from opensandbox_emulator.runtimes.failures import RuntimeFailure
-from opensandbox_emulator.runtimes.filesystem import ChangeOwnership
 from opensandbox_emulator.server.errors import ApiError, error_response
 from opensandbox_emulator.server.execd.errors import ExecdRuntimeError, UnknownSession
-from opensandbox_emulator.server.execd.paths import UndefinedVariable
+from opensandbox_emulator.server.execd.paths import BadWorkingDirectory, working_directory
 from opensandbox_emulator.server.execd.pty import protocol
 from opensandbox_emulator.server.execd.pty.session import (
     AlreadyConnected,
@@ -33,7 +31,6 @@ from opensandbox_emulator.server.execd.pty.session import (
     ptys_of,
 )
 from opensandbox_emulator.server.execd.sandbox import ExecdSandbox, current_sandbox
-from opensandbox_emulator.server.execd.sessions.routes import sandbox_path
 
 router = APIRouter(tags=["pty"])
 
@@ -66,12 +63,9 @@ async def create_pty(sandbox: Sandbox, body: CreatePtyRequest | None = None) -> 
     cwd = None
     if body is not None and body.cwd:
         try:
-            cwd = sandbox_path(sandbox, body.cwd)
-            await sandbox.runtime.filesystem(sandbox.sandbox_id).make_dirs(
-                cwd, ChangeOwnership())
-        except (UndefinedVariable, RuntimeFailure) as error:
-            message = error.message if isinstance(error, RuntimeFailure) else str(error)
-            raise ExecdRuntimeError(f"error creating pty session. {message}") from error
+            cwd = await working_directory(sandbox, body.cwd, create=True)
+        except BadWorkingDirectory as error:  # upstream's wording and status
+            raise ExecdRuntimeError(f"error creating pty session. {error}") from error
     session = ptys_of(sandbox).create(cwd, body.command if body and body.command else None)
     return JSONResponse({"session_id": session.id}, status_code=201)
 

@@ -16,15 +16,13 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from starlette.responses import JSONResponse, Response
 
-from opensandbox_emulator.runtimes.failures import RuntimeFailure
-from opensandbox_emulator.runtimes.filesystem import ChangeOwnership, FileType
 from opensandbox_emulator.server.execd.errors import (
     ExecdRuntimeError,
     InvalidRequestBody,
     UnknownSession,
 )
 from opensandbox_emulator.server.execd.events import EventStreamResponse
-from opensandbox_emulator.server.execd.paths import UndefinedVariable, expand_path
+from opensandbox_emulator.server.execd.paths import BadWorkingDirectory, working_directory
 from opensandbox_emulator.server.execd.sandbox import ExecdSandbox, current_sandbox
 from opensandbox_emulator.server.execd.sessions.bash import (
     BashSession,
@@ -54,13 +52,6 @@ class RunInSessionRequest(BaseModel):
                                       description="milliseconds; 0 or absent: 24 hours")
 
 
-def sandbox_path(sandbox: ExecdSandbox, path: str) -> str:
-    """`path` expanded as upstream's execd expands a working directory. Raises
-    `UndefinedVariable`."""
-    env = sandbox.runtime.environment(sandbox.sandbox_id)
-    return expand_path(path, env, env.get("HOME") or "/root")
-
-
 def _session(sandbox: ExecdSandbox, session_id: str) -> BashSession:
     try:
         return sessions_of(sandbox).get(session_id)
@@ -74,12 +65,9 @@ async def create_session(sandbox: Sandbox, body: CreateSessionRequest | None = N
     cwd = None
     if body is not None and body.cwd:
         try:
-            cwd = sandbox_path(sandbox, body.cwd)
-            await sandbox.runtime.filesystem(sandbox.sandbox_id).make_dirs(
-                cwd, ChangeOwnership())
-        except (UndefinedVariable, RuntimeFailure) as error:
-            message = error.message if isinstance(error, RuntimeFailure) else str(error)
-            raise ExecdRuntimeError(f"error creating session. {message}") from error
+            cwd = await working_directory(sandbox, body.cwd, create=True)
+        except BadWorkingDirectory as error:  # upstream's wording and status
+            raise ExecdRuntimeError(f"error creating session. {error}") from error
     session = sessions_of(sandbox).create(cwd)
     return JSONResponse({"session_id": session.id})
 
@@ -91,14 +79,9 @@ async def run_in_session(session_id: str, body: RunInSessionRequest, sandbox: Sa
     cwd = None
     if body.cwd:
         try:
-            cwd = sandbox_path(sandbox, body.cwd)
-            info = await sandbox.runtime.filesystem(sandbox.sandbox_id).stat(cwd)
-        except UndefinedVariable as error:
+            cwd = await working_directory(sandbox, body.cwd, create=False)
+        except BadWorkingDirectory as error:
             raise InvalidRequestBody(f"invalid cwd: {error}") from error
-        except RuntimeFailure as error:
-            raise InvalidRequestBody(f"invalid cwd {body.cwd!r}: {error.message}") from error
-        if info.type is not FileType.DIRECTORY:
-            raise InvalidRequestBody(f"invalid cwd {body.cwd!r}: not a directory")
     try:
         run = await sessions_of(sandbox).run(session, body.command, cwd, body.timeout)
     except SessionGone as error:
