@@ -143,7 +143,7 @@ async def _spawn_on_terminal(engine: Engine, sandbox: DockerSandbox, request: Sp
     return process
 
 
-async def _handshake(pump: OutputPump | terminal.TerminalPump) -> str:
+async def _handshake(pump: OutputPump) -> str:
     """The wrapper's first word on the started exec (see `processes.py`)."""
     try:
         return await asyncio.wait_for(asyncio.shield(pump.handshake), HANDSHAKE_TIMEOUT)
@@ -153,7 +153,7 @@ async def _handshake(pump: OutputPump | terminal.TerminalPump) -> str:
 
 
 def _track(engine: Engine, sandbox: DockerSandbox, exec_id: str,
-           pump: OutputPump | terminal.TerminalPump, pgid: int, *, stdin: bool,
+           pump: OutputPump, pgid: int, *, stdin: bool,
            piped: bool = False) -> ExecProcess:
     """The started exec as a process of the sandbox (stopped with it)."""
 
@@ -167,7 +167,7 @@ def _track(engine: Engine, sandbox: DockerSandbox, exec_id: str,
     async def signaller(pgid: int, sig: int) -> bool:
         return await signal_group(engine, sandbox, pgid, sig)
 
-    process = ExecProcess(pump, pgid, inspect, signaller,  # type: ignore[arg-type]
+    process = ExecProcess(pump, pgid, inspect, signaller,
                           on_exit=sandbox.processes.discard, stdin=stdin, piped=piped)
     sandbox.processes.add(process)
     return process

@@ -238,16 +238,19 @@ class OutputPump:
         except Exception:  # a broken connection ends the output like EOF
             pass
         finally:
-            if not self.handshake.done():
-                early = bytes(self._early + self._pending + self._early_out).decode(
-                    errors="replace").strip()
-                self.handshake.set_result("eof " + early)
-            self.stdout.close()
-            if self.stderr is not None:
-                self.stderr.close()
-            self.eof.set()
-            with contextlib.suppress(Exception):
-                await self.stream.close()
+            await self._ended(bytes(self._early + self._pending + self._early_out))
+
+    async def _ended(self, early: bytes) -> None:
+        """The stream is over: fail a handshake still awaited (with what came instead),
+        close the buffers and the connection."""
+        if not self.handshake.done():
+            self.handshake.set_result("eof " + early.decode(errors="replace").strip())
+        self.stdout.close()
+        if self.stderr is not None:
+            self.stderr.close()
+        self.eof.set()
+        with contextlib.suppress(Exception):
+            await self.stream.close()
 
     async def close(self) -> None:
         self._task.cancel()

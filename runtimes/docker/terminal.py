@@ -12,12 +12,11 @@ to signal is known; the pump takes that line out of the output. The exit status 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
 from opensandbox_emulator.runtimes.base import TerminalSize
 from opensandbox_emulator.runtimes.docker.engine import RawStream
-from opensandbox_emulator.runtimes.docker.processes import MARKER, OutputBuffer
+from opensandbox_emulator.runtimes.docker.processes import MARKER, OutputPump
 
 # $1 = working directory ("" keeps the container's), then argv.
 WRAPPER = r"""
@@ -37,28 +36,17 @@ def wrap(argv: list[str], cwd: str | None) -> list[str]:
     return ["/bin/sh", "-c", WRAPPER, "opensandbox-tty", cwd or "", *argv]
 
 
-class TerminalPump:
+class TerminalPump(OutputPump):
     """Reads the exec's raw stream into a bounded buffer; its first line is the wrapper's.
-    Has what `ExecProcess` asks of a pump (no in-band exit line: the status is polled)."""
-
-    exit_status: int | None = None
+    No frames and no in-band exit line: `ExecProcess` polls the exec for the status."""
 
     def __init__(self, stream: RawStream):
-        self.stream = stream
-        self.stdout = OutputBuffer()
-        self.stderr: OutputBuffer | None = None
-        self.exit_seen = asyncio.Event()
-        self.eof = asyncio.Event()
-        self.handshake: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(self._run(), name="docker-exec-terminal")
+        super().__init__(stream, merged=True, tag="")
 
     async def _run(self) -> None:
         pending = b""
         try:
-            while True:
-                data = await self.stream.read(64 * 1024)
-                if not data:
-                    break
+            while data := await self.stream.read(64 * 1024):
                 if not self.handshake.done():
                     pending += data
                     at = pending.find(MARKER)
@@ -78,17 +66,7 @@ class TerminalPump:
         except Exception:  # a broken connection ends the output like EOF
             pass
         finally:
-            if not self.handshake.done():
-                self.handshake.set_result("eof " + pending.decode(errors="replace").strip())
-            self.stdout.close()
-            self.eof.set()
-            with contextlib.suppress(Exception):
-                await self.stream.close()
-
-    async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._task
+            await self._ended(pending)
 
 
 class ExecTerminal:

@@ -278,7 +278,9 @@ class FakeFilesystem(SandboxFilesystem):
     async def search(self, root: str, match: Callable[[str], bool]) -> list[FileInfo]:
         return await asyncio.to_thread(self._search, root, match)
 
-    def _search(self, root: str, match: Callable[[str], bool]) -> list[FileInfo]:
+    def _search(self, root: str, match: Callable[[str], bool], depth: int | None = None
+                ) -> list[FileInfo]:
+        """A search (`depth` None: files only, all the way down) or a listing."""
         target = self._target(root)
         names = self._names()
         fd = self._open_target(target)
@@ -291,7 +293,8 @@ class FakeFilesystem(SandboxFilesystem):
                 return []
             listing = self._reopen(fd, os.O_RDONLY | os.O_DIRECTORY)
             found: list[FileInfo] = []
-            self._walk(listing, target.sandbox_path, target.shown, match, names, found)
+            self._walk(listing, target.sandbox_path, target.shown, match, names, found,
+                       depth=depth)
             return found
         except OSError as error:
             raise _failure(error, "search", target.shown) from error
@@ -300,23 +303,7 @@ class FakeFilesystem(SandboxFilesystem):
             _close(listing)
 
     async def entries_below(self, directory: str, depth: int) -> list[FileInfo]:
-        return await asyncio.to_thread(self._entries_below, directory, depth)
-
-    def _entries_below(self, directory: str, depth: int) -> list[FileInfo]:
-        target = self._target(directory)
-        fd = self._open_target(target, os.O_DIRECTORY)
-        listing: int | None = None
-        try:
-            listing = self._reopen(fd, os.O_RDONLY | os.O_DIRECTORY)
-            found: list[FileInfo] = []
-            self._walk(listing, target.sandbox_path, target.shown, lambda _: True,
-                       self._names(), found, depth=depth)
-            return found
-        except OSError as error:
-            raise _failure(error, "list", target.shown) from error
-        finally:
-            _close(fd)
-            _close(listing)
+        return await asyncio.to_thread(self._search, directory, lambda _: True, depth)
 
     def _walk(self, fd: int, sandbox_dir: str, shown_dir: str, match: Callable[[str], bool],
               names: AccountNames, found: list[FileInfo], *, depth: int | None = None) -> None:
