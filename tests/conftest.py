@@ -28,7 +28,14 @@ import pytest
 
 from tests.helpers.docker_engine import docker_sections, remove_docker_sandboxes, require_docker
 from tests.helpers.in_process import InProcess, serve_in_process
-from tests.helpers.servers import ServerProcess, create_body, launch
+from tests.helpers.servers import (
+    ServerProcess,
+    create_body,
+    execd_url,
+    launch,
+    new_sandbox,
+    wait_for,
+)
 
 # The sample user suite is its own pytest session (tests/test_user_suite.py runs it).
 collect_ignore = ["user_suite"]
@@ -113,6 +120,18 @@ def sandbox_id(server: ServerProcess, http: httpx.Client) -> Iterator[str]:
     created = response.json()["id"]
     yield created
     http.delete(f"/v1/sandboxes/{created}")
+
+
+@pytest.fixture(scope="module")
+def module_execd(server: ServerProcess) -> Iterator[str]:
+    """One running sandbox shared by a module's tests, deleted after them: its execd base
+    URL (through the gateway)."""
+    sandbox = new_sandbox(server)
+    with server.client() as client:
+        wait_for(lambda: client.get(f"/v1/sandboxes/{sandbox}").json()["status"]["state"]
+                 == "Running", "the sandbox to run")
+        yield execd_url(server, sandbox)
+        client.delete(f"/v1/sandboxes/{sandbox}")
 
 
 # --- the official Python SDK -------------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -39,16 +38,9 @@ def server(execd_server: ServerProcess) -> ServerProcess:
 
 
 @pytest.fixture(scope="module")
-def box(server: ServerProcess) -> Iterator[str]:
-    """One sandbox for the raw HTTP tests of a runtime; its execd base URL."""
-    with server.client() as http:
-        response = http.post("/v1/sandboxes", json=create_body(server))
-        assert response.status_code == 202, response.text
-        sandbox_id = response.json()["id"]
-        wait_for(lambda: http.get(f"/v1/sandboxes/{sandbox_id}").json()["status"]["state"]
-                 == "Running", "the sandbox to run")
-        yield execd_url(server, sandbox_id)
-        http.delete(f"/v1/sandboxes/{sandbox_id}")
+def box(module_execd: str) -> str:
+    """The module's sandbox (its execd base URL)."""
+    return module_execd
 
 
 def stream(base: str, path: str, body: dict[str, Any] | None = None, *,
@@ -71,6 +63,23 @@ def new_session(base: str, **body: Any) -> str:
     assert response.status_code == 200, response.text
     assert_execd_spec(response, HEAD_SPEC)
     return str(response.json()["session_id"])
+
+
+class RunInBackground:
+    """A session run read to its end on another thread, while the test acts."""
+
+    def __init__(self, base: str, session_id: str, command: str):
+        self.events: list[dict[str, Any]] = []
+        self._thread = threading.Thread(target=self._read, args=(base, session_id, command))
+        self._thread.start()
+
+    def _read(self, base: str, session_id: str, command: str) -> None:
+        self.events = stream(base, f"/session/{session_id}/run", {"command": command})[1]
+
+    def result(self) -> list[dict[str, Any]]:
+        self._thread.join(60)
+        assert not self._thread.is_alive(), "the run's stream never ended"
+        return self.events
 
 
 def processes_named(base: str, *argvs: str) -> int:
@@ -219,18 +228,10 @@ def test_session_timeout_kills_the_whole_group(box: str) -> None:
 
 def test_session_delete_stops_its_runs(box: str) -> None:
     session_id = new_session(box)
-    result: dict[str, Any] = {}
-
-    def run() -> None:
-        result["events"] = stream(box, f"/session/{session_id}/run",
-                                  {"command": "echo started; sleep 321 & sleep 322"})[1]
-
-    thread = threading.Thread(target=run)
-    thread.start()
+    events = RunInBackground(box, session_id, "echo started; sleep 321 & sleep 322")
     wait_for(lambda: processes_named(box, "sleep 322") == 1, "the run to start")
     assert httpx.delete(f"{box}/session/{session_id}").status_code == 200
-    thread.join(30)
-    events = result["events"]
+    events = events.result()
     assert events[-1]["type"] == "error"
     assert events[-1]["error"]["evalue"] == "-1"
     assert events[-1]["error"]["traceback"] == ["signal: killed"]
@@ -409,20 +410,10 @@ def test_sandbox_delete_stops_sessions(server: ServerProcess) -> None:
         wait_for(lambda: http.get(f"/v1/sandboxes/{sandbox_id}").json()["status"]["state"]
                  == "Running", "the sandbox to run")
         base = execd_url(server, sandbox_id)
-        session_id = new_session(base)
-        result: dict[str, Any] = {}
-
-        def run() -> None:
-            result["events"] = stream(base, f"/session/{session_id}/run",
-                                      {"command": "sleep 341"})[1]
-
-        thread = threading.Thread(target=run)
-        thread.start()
+        run = RunInBackground(base, new_session(base), "sleep 341")
         wait_for(lambda: processes_named(base, "sleep 341") == 1, "the run to start")
         assert http.delete(f"/v1/sandboxes/{sandbox_id}").status_code == 204
-        thread.join(30)
-        assert not thread.is_alive()
-        assert result["events"][-1]["type"] == "error"
+        assert run.result()[-1]["type"] == "error"
     if server.runtime == "fake":
         wait_for(lambda: not [line for line in no_leftover_processes(server.state_dir)
                               if sandbox_id in line], "no process of the sandbox left")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -35,16 +34,9 @@ def server(execd_server: ServerProcess) -> ServerProcess:
 
 
 @pytest.fixture(scope="module")
-def box(server: ServerProcess) -> Iterator[str]:
-    """One sandbox per runtime for the module; its execd base URL."""
-    with server.client() as http:
-        response = http.post("/v1/sandboxes", json=create_body(server))
-        assert response.status_code == 202, response.text
-        sandbox_id = response.json()["id"]
-        wait_for(lambda: http.get(f"/v1/sandboxes/{sandbox_id}").json()["status"]["state"]
-                 == "Running", "the sandbox to run")
-        yield execd_url(server, sandbox_id)
-        http.delete(f"/v1/sandboxes/{sandbox_id}")
+def box(module_execd: str) -> str:
+    """The module's sandbox (its execd base URL)."""
+    return module_execd
 
 
 def new_pty(base: str, **body: str) -> str:
