@@ -99,6 +99,8 @@ def test_newest_python_sdk(server: ServerProcess, proxy: bool) -> None:
     argv = [str(NEXT_PYTHON), "tests/compat/newer_python_sdk_execd.py", server.domain,
             server.image]
     out = run_json(argv + (["--proxy"] if proxy else []))
+    assert out["readme_handlers"] == ["STDOUT: Count 1", "STDOUT: Count 2", "STDOUT: Count 3",
+                                      "complete"]
     first = out["session_first"]
     assert first == {"id": first["id"], "stdout": ["/tmp/deeper"], "exit_code": 0}
     uuid.UUID(first["id"])  # init.text is the session id

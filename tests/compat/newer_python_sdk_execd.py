@@ -13,11 +13,31 @@ from datetime import timedelta
 from opensandbox import Sandbox
 from opensandbox.config import ConnectionConfig
 from opensandbox.exceptions import SandboxException
+from opensandbox.models.execd import ExecutionHandlers
 from opensandbox.models.filesystem import DirectoryListEntry, WriteEntry
 
 
 def lines(execution):
     return [m.text for m in execution.logs.stdout]
+
+
+async def readme_session(sandbox: Sandbox, out: dict[str, object]) -> None:
+    """The README's streaming handlers (section 3), on a session run."""
+    seen: list[str] = []
+
+    async def handle_stdout(msg):
+        seen.append(f"STDOUT: {msg.text}")
+
+    async def handle_complete(complete):
+        seen.append("complete")
+
+    handlers = ExecutionHandlers(on_stdout=handle_stdout, on_execution_complete=handle_complete)
+    session_id = await sandbox.commands.create_session()
+    await sandbox.commands.run_in_session(
+        session_id, "for i in {1..3}; do echo \"Count $i\"; sleep 0.2; done",
+        handlers=handlers)
+    await sandbox.commands.delete_session(session_id)
+    out["readme_handlers"] = seen
 
 
 async def sessions(sandbox: Sandbox, out: dict[str, object]) -> None:
@@ -89,10 +109,10 @@ async def environment(sandbox: Sandbox, out: dict[str, object]) -> None:
 async def main(domain: str, image: str, use_server_proxy: bool) -> dict[str, object]:
     config = ConnectionConfig(domain=domain, use_server_proxy=use_server_proxy)
     out: dict[str, object] = {}
-    sandbox = await Sandbox.create(image, connection_config=config,
-                                   entrypoint=["tail", "-f", "/dev/null"],
-                                   timeout=timedelta(minutes=10))
+    # As the SDK's README starts one: its defaults (entrypoint, health check) throughout.
+    sandbox = await Sandbox.create(image, connection_config=config)
     try:
+        await readme_session(sandbox, out)
         await sessions(sandbox, out)
         await filesystem(sandbox, out)
         await environment(sandbox, out)
