@@ -157,6 +157,16 @@ class NoNetworkAddress(Unavailable):
         self.network = network
 
 
+class PortUnreachable(RuntimeFailure):
+    """Nothing accepts connections on that port of the sandbox."""
+
+    def __init__(self, port: int, reason: str):
+        super().__init__(f"Could not connect to port {port} inside the sandbox: {reason}. "
+                         "Is a server listening on that port inside the sandbox?")
+        self.port = port
+        self.reason = reason
+
+
 class NetworkNotFound(RuntimeFailure):
     def __init__(self, network: str, message: str):
         super().__init__(message)

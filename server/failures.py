@@ -35,6 +35,7 @@ from opensandbox_emulator.runtimes.failures import (
     PathNotAccessible,
     PathReadOnly,
     PauseFailed,
+    PortUnreachable,
     QueryFailed,
     RemoveFailed,
     ResumeFailed,
@@ -87,6 +88,7 @@ FAILURES: dict[type[RuntimeFailure], Reply] = {
     RemoveFailed: Reply(500, "DOCKER::SANDBOX_DELETE_FAILED"),
     NetworkNotFound: Reply(500, "DOCKER::NETWORK_NOT_FOUND"),
     NoNetworkAddress: Reply(503, "DOCKER::NETWORK_MODE_ENDPOINT_UNAVAILABLE"),
+    PortUnreachable: Reply(502, "GENERAL::UNKNOWN_ERROR"),
     # processes
     SpawnFailed: Reply(_refused_or_broken, "RUNTIME_ERROR"),
     # volumes

@@ -1,5 +1,5 @@
-"""Isolation on the fake runtime, with real bubblewrap: private roots, volumes, the host
-path allowlist, and that deleting a sandbox or stopping the server leaves nothing behind.
+"""Isolation on the fake runtime, with real runc: private roots, volumes, the host path
+allowlist, and that deleting a sandbox or stopping the server leaves nothing behind.
 
 What a sandbox did is read back from the host side of its private root
 (`<state_dir>/sandboxes/<id>/root/...`), so the checks do not depend on execd.
@@ -19,8 +19,8 @@ import pytest
 
 from tests.helpers.servers import ServerProcess, create_body, no_leftover_processes, wait_for
 
-pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
-                                reason="bubblewrap is not installed (apt-get install bubblewrap)")
+pytestmark = pytest.mark.skipif(shutil.which("runc") is None,
+                                reason="runc is not installed (apt-get install runc)")
 
 
 def root_of(server: ServerProcess, sandbox_id: str) -> Path:
@@ -82,9 +82,10 @@ def create(http: httpx.Client) -> Iterator[Callable[..., str]]:
         http.delete(f"/v1/sandboxes/{sandbox_id}")
 
 
-def test_the_server_runs_with_bubblewrap(http: httpx.Client) -> None:
+def test_the_server_runs_sandboxes_as_containers(http: httpx.Client) -> None:
     health = http.get("/health").json()
-    assert health["isolation"] == "bubblewrap", health
+    assert health["isolation"]["mode"] == "container", health
+    assert health["network"]["mode"] == "own", health
     assert health["warnings"] == []
 
 

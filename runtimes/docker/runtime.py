@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -50,8 +51,7 @@ from opensandbox_emulator.runtimes.docker.engine import Engine, explain, wrong_s
 from opensandbox_emulator.runtimes.docker.execs import send_pending_signals, spawn_process
 from opensandbox_emulator.runtimes.docker.expiry import ExpiryStore, default_state_dir
 from opensandbox_emulator.runtimes.docker.filesystem import DockerFilesystem
-from opensandbox_emulator.runtimes.docker.limits import parse_limits
-from opensandbox_emulator.runtimes.docker.ports import port_address
+from opensandbox_emulator.runtimes.docker.ports import connect
 from opensandbox_emulator.runtimes.docker.sandbox import DockerSandbox, inspect_container
 from opensandbox_emulator.runtimes.docker.settings import DockerSettings
 from opensandbox_emulator.runtimes.docker.stats import usage
@@ -64,6 +64,7 @@ from opensandbox_emulator.runtimes.failures import (
     SandboxMissing,
     StartFailed,
 )
+from opensandbox_emulator.runtimes.limits import parse_limits
 
 log = logging.getLogger("opensandbox.runtime.docker")
 
@@ -83,6 +84,10 @@ class DockerRuntime(Runtime):
     @property
     def isolation(self) -> str:
         return "docker"
+
+    def health(self) -> dict[str, Any]:
+        return {"isolation": {"mode": "docker"}, "network": {"mode": self.network},
+                "limits": {"mode": "docker", "pids": self.settings.pids_limit}}
 
     # --- start-up and shutdown -------------------------------------------------------------
 
@@ -242,8 +247,8 @@ class DockerRuntime(Runtime):
 
     # --- ports and metrics -----------------------------------------------------------------
 
-    async def port_address(self, sandbox_id: str, port: int) -> tuple[str, int]:
-        return await port_address(self.engine, self._sandbox(sandbox_id), self.network, port)
+    async def connect(self, sandbox_id: str, port: int) -> socket.socket:
+        return await connect(self.engine, self._sandbox(sandbox_id), self.network, port)
 
     async def usage(self, sandbox_id: str) -> ResourceUsage:
         return await usage(self.engine, self._sandbox(sandbox_id), self._host_cpus)

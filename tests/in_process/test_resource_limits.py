@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from opensandbox_emulator.runtimes.docker.limits import (
+from opensandbox_emulator.runtimes.limits import (
     Limits,
     parse_cpu,
     parse_limits,
