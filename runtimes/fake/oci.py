@@ -71,9 +71,10 @@ def _bind_options(read_only: bool) -> list[str]:
     return [*options, "ro"] if read_only else options
 
 
-def mounts(layout: SandboxLayout) -> list[dict[str, Any]]:
-    """The layout's mounts, shallow ones first, then the kernel filesystems a container
+def mounts(layout: SandboxLayout, ids: IdMap) -> list[dict[str, Any]]:
+    """The layout's mounts, shallow ones first, with the kernel filesystems a container
     has, each where the layout puts it."""
+    tty_group = ["gid=5"] if ids.gid_to_host(5) is not None else []  # "tty", when mapped
     result: list[dict[str, Any]] = []
     for mount in layout.mounts:
         if mount.sandbox_path == "/":
@@ -87,7 +88,7 @@ def mounts(layout: SandboxLayout) -> list[dict[str, Any]]:
                  "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
                 {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
                  "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620",
-                             "gid=5"]},
+                             *tty_group]},
                 {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
                  "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
                 {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
@@ -134,7 +135,7 @@ def config(spec: ContainerSpec) -> dict[str, Any]:
         },
         "root": {"path": spec.rootfs or spec.layout.root, "readonly": False},
         "hostname": spec.hostname,
-        "mounts": mounts(spec.layout),
+        "mounts": mounts(spec.layout, spec.ids),
         "linux": linux,
         "annotations": dict(spec.annotations),
     }

@@ -89,11 +89,12 @@ class ServerProcess:
 
 
 def launch(sections: dict[str, dict[str, Any]], workdir: Path, *,
-           python: str = sys.executable, cwd: Path = ROOT) -> ServerProcess:
+           python: str = sys.executable, cwd: Path = ROOT,
+           prefix: list[str] | None = None) -> ServerProcess:
     """A server configured by `sections` on top of loopback, kernel-picked ports and a
     state directory in `workdir`, once its `/health` answers. It runs `python -m
     opensandbox_emulator` of `python` (by default this interpreter, whose environment holds
-    the project's editable install) in `cwd`."""
+    the project's editable install) in `cwd`, behind `prefix` (`setpriv …`, say)."""
     merged: dict[str, dict[str, Any]] = {
         "server": {"host": "127.0.0.1", "port": 0, "log_level": "INFO"},
         "gateway": {"port": 0},
@@ -106,7 +107,7 @@ def launch(sections: dict[str, dict[str, Any]], workdir: Path, *,
     config_path = workdir / "config.toml"
     write_config(config_path, merged)
     process = subprocess.Popen(
-        [python, "-m", "opensandbox_emulator", "--config", str(config_path)],
+        [*(prefix or []), python, "-m", "opensandbox_emulator", "--config", str(config_path)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd)
     output: list[str] = []
     assert process.stdout is not None
