@@ -87,7 +87,8 @@ class DockerRuntime(Runtime):
 
     def health(self) -> dict[str, Any]:
         return {"isolation": {"mode": "docker"}, "network": {"mode": self.network},
-                "limits": {"mode": "docker", "pids": self.settings.pids_limit}}
+                "limits": {"mode": "docker", "memory": True, "cpu": True,
+                           "pids": self.settings.pids_limit, "pause": "docker pause"}}
 
     # --- start-up and shutdown -------------------------------------------------------------
 
