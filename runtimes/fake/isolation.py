@@ -27,7 +27,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from opensandbox_emulator.runtimes.base import RuntimeFailure
+from opensandbox_emulator.runtimes.failures import Unavailable
 from opensandbox_emulator.runtimes.fake import cgroups, idmap, interpreter, network, seccomp
 from opensandbox_emulator.runtimes.fake.ids import (
     SANDBOX_IDS,
@@ -95,7 +95,7 @@ async def _probe(launcher: ContainerLauncher, state_dir: str, pids: int | None) 
 
 
 async def plan(level: str, state_dir: str, *, pids_limit: int | None) -> Plan:
-    """Work out the isolation of this server's sandboxes. Raises `RuntimeFailure` when
+    """Work out the isolation of this server's sandboxes. Raises `Unavailable` when
     `strict` cannot be met."""
     level, note = normalise(level)
     warnings = [note] if note else []
@@ -109,7 +109,7 @@ async def plan(level: str, state_dir: str, *, pids_limit: int | None) -> Plan:
     if container is None:
         reason = "; ".join(problems)
         if level == "strict":
-            raise RuntimeFailure(f"[fake] isolation = \"strict\" but sandboxes cannot be "
+            raise Unavailable(f"[fake] isolation = \"strict\" but sandboxes cannot be "
                                  f"isolated on this host: {reason}")
         chosen = unisolated(reason)
         chosen.warnings = [*warnings, f"NO ISOLATION: {reason}. Sandbox processes run "
@@ -118,7 +118,7 @@ async def plan(level: str, state_dir: str, *, pids_limit: int | None) -> Plan:
                            "slirp4netns uidmap) to give each sandbox a container."]
         return chosen
     if level == "strict" and problems:
-        raise RuntimeFailure("[fake] isolation = \"strict\" but some layers are missing: "
+        raise Unavailable("[fake] isolation = \"strict\" but some layers are missing: "
                              + "; ".join(problems))
     container.warnings = [*warnings, *(f"PARTIAL ISOLATION: {p}" for p in problems)]
     return container

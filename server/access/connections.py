@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 import httpcore
 import httpx
 
-from opensandbox_emulator.runtimes.base import RuntimeFailure
+from opensandbox_emulator.runtimes.failures import RuntimeFailure
 
 Connect = Callable[[str, int], Awaitable[socket.socket]]
 ROUTE_SUFFIX = ".sandbox.invalid"
