@@ -27,7 +27,10 @@ from tests.helpers.servers import ServerProcess, launch  # noqa: E402
 
 def start_server(workdir: Path) -> ServerProcess:
     """A server whose config and state live in `workdir`, logging warnings only (its output
-    is drained, so request logs would only cost time). Stop it with `.stop()`."""
+    is drained, so request logs would only cost time). Stop it with `.stop()`. `workdir` is
+    opened to passers-by (0711), as a state directory normally is: behind a closed one, the
+    fake runtime stages each sandbox's root through a helper, which costs time per create."""
+    workdir.chmod(0o711)
     return launch({"server": {"log_level": "WARNING"}}, workdir)
 
 

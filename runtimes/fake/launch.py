@@ -175,17 +175,24 @@ class ContainerLauncher(Launcher):
             box = Box(channel=channel, layout=layout, ids=self.ids, init_pid=started_pid,
                       pid_namespace=True, ended=_reaper(started_pid),
                       container_id=container_id)
-            await _ready(channel, box.ended)
+            # The network helper needs only the namespace, which exists already: it comes
+            # up while the init's Python starts.
+            async with asyncio.TaskGroup() as both:
+                both.create_task(_ready(channel, box.ended))
+                if self.outbound:
+                    outbound = both.create_task(network.attach(
+                        started_pid, log_path=os.path.join(bundle, "slirp4netns.log"),
+                        join_user_namespace=os.geteuid() != 0))
+            if self.outbound:
+                box.outbound = outbound.result()
             if os.geteuid() == 0:
                 _lower_oom_score(started_pid)
             if self.cgroups:
                 box.cgroup = SandboxCgroup.of(started_pid)
-            if self.outbound:
-                box.outbound = await network.attach(
-                    started_pid, log_path=os.path.join(bundle, "slirp4netns.log"),
-                    join_user_namespace=os.geteuid() != 0)
             return box
         except BaseException as error:
+            if isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+                error = error.exceptions[0]
             inside.close()
             if box is not None:
                 await self.end([box])

@@ -87,6 +87,9 @@ async def attach(init_pid: int, *, log_path: str, join_user_namespace: bool) -> 
         ready = os.read(ready_r, 1) if signalled.done() else b""
     except OSError:
         ready = b""
+    except BaseException:  # cancelled: the sandbox is not being made after all
+        await asyncio.shield(outbound.stop())
+        raise
     finally:
         loop.remove_reader(ready_r)
         os.close(ready_r)
