@@ -412,3 +412,20 @@ def test_daemons_do_not_survive_a_server_crash(server: ServerProcess,
     own.process.kill()
     own.process.wait()
     wait_for(lambda: not host_pids_mentioning(marker), "the daemons to end")
+    # What runc kept of the crashed server's sandboxes goes when a server starts next.
+    crashed = f"{own.process.pid}:"
+    assert any(owner.startswith(crashed) for owner in runc_owners())
+    start_server()
+    assert not any(owner.startswith(crashed) for owner in runc_owners())
+
+
+def runc_owners() -> list[str]:
+    """The server (pid:start time) of every container in runc's state."""
+    import json
+
+    from opensandbox_emulator.runtimes.fake.runc import SERVER_ANNOTATION, state_root
+
+    listed = subprocess.run(["runc", "--root", state_root(), "list", "--format", "json"],
+                            capture_output=True, text=True).stdout
+    return [str((c.get("annotations") or {}).get(SERVER_ANNOTATION, ""))
+            for c in json.loads(listed or "null") or []]
