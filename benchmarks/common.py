@@ -6,7 +6,7 @@ Benchmarks run as scripts (`python benchmarks/<area>.py`), so this directory is 
 root on `sys.path` too, which is what makes `tests.*` importable: import `common` before
 `tests.*` (isort keeps it first anyway). The server is started the one way the tests start
 it, `tests.helpers.servers.launch`: `python -m opensandbox_emulator` (fake runtime, real
-bubblewrap) on ports the kernel picks.
+runc) on ports the kernel picks.
 """
 
 from __future__ import annotations

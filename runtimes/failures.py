@@ -144,7 +144,7 @@ class Unsupported(RuntimeFailure):
 
 
 class Unavailable(RuntimeFailure):
-    """Something the runtime needs is not there now (the Docker engine, bubblewrap)."""
+    """Something the runtime needs is not there now (the Docker engine, runc)."""
 
 
 class NoNetworkAddress(Unavailable):

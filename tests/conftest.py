@@ -1,4 +1,4 @@
-"""The fixtures: real servers (uvicorn, bubblewrap, a Docker engine), raw HTTP and SDK
+"""The fixtures: real servers (uvicorn, runc, a Docker engine), raw HTTP and SDK
 clients, and the app in this process. What they are made with lives in `tests/helpers/`.
 
 `server` is one server for the whole run on the default config; `start_server(**sections)`
@@ -210,7 +210,7 @@ async def sdk_sandbox(server: ServerProcess) -> Any:
 
 @pytest.fixture
 async def emulator(tmp_path: Path) -> AsyncIterator[InProcess]:
-    """The app of `create_app` over a fake runtime (bubblewrap) whose state lives in
+    """The app of `create_app` over a fake runtime (runc) whose state lives in
     `tmp_path`, its clock and ids set by the test; stopped (sandboxes destroyed) after."""
     async with serve_in_process(tmp_path) as running:
         yield running

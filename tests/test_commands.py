@@ -2,7 +2,7 @@
 
 Every request goes through the gateway to the embedded execd of a real sandbox, so the byte
 framing checked here is what an SDK receives. Every test runs on both runtimes (`[fake]`:
-bubblewrap, `[docker]`: a container of the Debian test image), and checks what happened
+a runc container, `[docker]`: a container of the Debian test image), and checks what happened
 to processes from inside the sandbox, where both runtimes look the same.
 """
 

@@ -1,5 +1,5 @@
 """execd files, directories and metrics over raw HTTP, against a real sandbox, on both
-runtimes (`[fake]`: bubblewrap over a private root, `[docker]`: a container).
+runtimes (`[fake]`: a runc container over a private root, `[docker]`: a container).
 
 Every effect is checked twice: in the reply, and in what a command in the same sandbox sees
 (`POST /command`), since the file API must show the sandbox's own view of its files.
