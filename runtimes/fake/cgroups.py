@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 def _mount_points() -> dict[str, str]:
@@ -56,6 +56,50 @@ def layout() -> str:
     return "none"
 
 
+V1_CONTROLLERS = {"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls",
+                  "net_prio", "blkio", "perf_event", "hugetlb", "pids", "rdma", "misc"}
+
+
+def _hierarchies() -> dict[frozenset[str], str]:
+    """The controllers (and `name=` options) of each mounted hierarchy -> its mount point;
+    the unified tree is the empty set."""
+    found: dict[frozenset[str], str] = {}
+    try:
+        with open("/proc/self/mountinfo") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) < 5 or len(tail) < 3:
+            continue
+        if tail[0] == "cgroup2":
+            found.setdefault(frozenset(), fields[4])
+        elif tail[0] == "cgroup":
+            options = frozenset(o for o in tail[2].split(",")
+                                if o in V1_CONTROLLERS or o.startswith("name="))
+            found.setdefault(options, fields[4])
+    return found
+
+
+def directories(pid: int) -> list[str]:
+    """Every cgroup directory process `pid` is in, in every hierarchy, but the roots."""
+    hierarchies = _hierarchies()
+    try:
+        with open(f"/proc/{pid}/cgroup") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        point = hierarchies.get(frozenset(c for c in controllers.split(",") if c))
+        if point is not None and path not in ("/", ""):
+            found.append(point + path)
+    return found
+
+
 @dataclass
 class SandboxCgroup:
     """The groups one sandbox's processes live in (host paths; None where absent)."""
@@ -66,6 +110,7 @@ class SandboxCgroup:
     freezer_v1: str | None = None
     unified: str | None = None
     v2: bool = False
+    every: list[str] = field(default_factory=list)  # every directory, every hierarchy
 
     @classmethod
     def of(cls, pid: int) -> SandboxCgroup | None:
@@ -102,6 +147,7 @@ class SandboxCgroup:
                     found.freezer_v1 = point + path
         if not own:
             return None
+        found.every = directories(pid)
         if found.memory is None and found.unified is not None and \
                 os.path.exists(os.path.join(found.unified, "memory.current")):
             found.v2 = True

@@ -297,7 +297,10 @@ class ContainerLauncher(Launcher):
                     await box.outbound.stop()
                 box.channel.close()
                 if box.container_id is not None:
-                    await asyncio.to_thread(self.runc.delete, box.container_id)
+                    directories = box.cgroup.every if box.cgroup is not None else []
+                    if not (box.ended.done() and directories and await asyncio.to_thread(
+                            self.runc.forget, box.container_id, directories)):
+                        await asyncio.to_thread(self.runc.delete, box.container_id)
                     await asyncio.to_thread(shutil.rmtree, self._stage_dir(box.container_id),
                                             True)
 
