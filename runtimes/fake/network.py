@@ -35,11 +35,17 @@ class Outbound:
     process: asyncio.subprocess.Process
     exit_fd: int  # closing it makes slirp4netns exit
 
-    async def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.exit_fd)
+    def kill(self) -> None:
+        """Make it go now (`stop` then waits for it)."""
+        if self.exit_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.exit_fd)
+            self.exit_fd = -1
         with contextlib.suppress(ProcessLookupError):
             self.process.kill()
+
+    async def stop(self) -> None:
+        self.kill()
         with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(self.process.wait(), timeout=5)
 
