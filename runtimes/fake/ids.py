@@ -90,6 +90,9 @@ class IdMap:
         if self.is_identity:
             return "host ids (no user namespace)"
         first = self.uids[0]
+        if len(self.uids) == 1 and first.count == 1:
+            return f"root maps to host id {first.outside} (the server's user); no other id " \
+                   "exists inside"
         if len(self.uids) == 1:
             return (f"root and ids 0-{first.count - 1} map to host ids {first.outside}-"
                     f"{first.outside + first.count - 1}")

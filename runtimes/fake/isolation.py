@@ -144,6 +144,10 @@ async def _container_plan(state_dir: str, pids_limit: int | None
             problems.append("the sandboxes' host ids overlap a subordinate id range given to "
                             f"another user ({', '.join(clashes)}); give the user "
                             "'opensandbox' a range of its own in /etc/subuid and /etc/subgid")
+    else:
+        problems.append("the server is not root, so root inside a sandbox is the server's own "
+                        "user and no other id exists inside (a command with another uid "
+                        "fails); run the server as root for ids 0-65535 of their own")
     become_subreaper()
     engine = Runc(program, state_root())
     with contextlib.suppress(Exception):
