@@ -163,6 +163,7 @@ async def _container_plan(state_dir: str, pids_limit: int | None
                         "(apt-get install slirp4netns); each still has its own loopback")
     profile = seccomp.profile()
     failure = ""
+    failures: dict[tuple[bool, bool], str] = {}
     freezer: str | None = None
     launcher: ContainerLauncher | None = None
     for cgroups_on, outbound_on in _attempts(want_cgroups, want_outbound):
@@ -171,7 +172,7 @@ async def _container_plan(state_dir: str, pids_limit: int | None
         try:
             freezer = await _probe(candidate, state_dir, pids_limit if cgroups_on else None)
         except Exception as error:  # each attempt drops a layer
-            failure = str(error)
+            failure = failures[cgroups_on, outbound_on] = str(error)
             log.info("probe sandbox (cgroups %s, slirp4netns %s) failed: %s", cgroups_on,
                      outbound_on, failure)
             continue
@@ -182,10 +183,12 @@ async def _container_plan(state_dir: str, pids_limit: int | None
             os.close(userns_fd)
         return None, [f"runc cannot start a container here: {failure}"]
     if want_cgroups and not launcher.cgroups:
+        reason = failures.get((True, launcher.outbound), failure)
         problems.append("cgroups are not delegated to this server, so resourceLimits "
-                        f"(memory, cpu) and the pids limit are not enforced ({failure})")
+                        f"(memory, cpu) and the pids limit are not enforced ({reason})")
     if want_outbound and not launcher.outbound:
-        problems.append(f"slirp4netns cannot attach to a sandbox here ({failure}); sandboxes "
+        reason = failures.get((launcher.cgroups, True), failure)
+        problems.append(f"slirp4netns cannot attach to a sandbox here ({reason}); sandboxes "
                         "have their own loopback but no way out")
     if layout == "none":
         problems.append("this host has no cgroup hierarchy, so resourceLimits (memory, cpu) "
