@@ -40,7 +40,6 @@ from opensandbox_emulator.runtimes.fake.launch import (
     HostLauncher,
     Launcher,
     LaunchRequest,
-    become_subreaper,
 )
 from opensandbox_emulator.runtimes.fake.oci import CAPABILITIES, NAMESPACES, Resources
 from opensandbox_emulator.runtimes.fake.runc import Runc, runc, state_root, version
@@ -148,7 +147,6 @@ async def _container_plan(state_dir: str, pids_limit: int | None
         problems.append("the server is not root, so root inside a sandbox is the server's own "
                         "user and no other id exists inside (a command with another uid "
                         "fails); run the server as root for ids 0-65535 of their own")
-    become_subreaper()
     engine = Runc(program, state_root())
     with contextlib.suppress(Exception):
         for container_id in await engine.remove_orphans():

@@ -131,8 +131,11 @@ async def _pause(box: Box, stop: bool) -> None:
 
 
 def become_subreaper() -> None:
-    """Orphans of the server's children (a container's init, once `runc run` exits) become
-    the server's children, so the server reaps them and learns when they end."""
+    """Orphans of this process's children (a container's init, once `runc run` exits)
+    become its children, so it reaps them itself instead of leaving that to the host's init.
+    The server program does this; a server embedded in another process (the test kit's
+    in-process one) leaves that process's orphans alone, and the host's init reaps them.
+    Either way the runtime learns of an init's end through a pidfd."""
     with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 

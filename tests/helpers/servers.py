@@ -199,15 +199,41 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
 
 
 def no_leftover_processes(state_dir: Path) -> list[str]:
-    """Command lines of live processes that still mention `state_dir` (a leak)."""
+    """Command lines of live processes that still belong to a server whose state lives in
+    `state_dir` (a leak): those that mention it, and those whose root directory is a
+    sandbox's private root in it, however it was mounted (a fake sandbox's processes)."""
     leaks = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if not cmdline:  # a zombie, or a kernel thread
+                continue
+            if str(state_dir) in cmdline or _rooted_under(int(entry), state_dir):
+                leaks.append(cmdline)
         except OSError:
             continue
-        if str(state_dir) in cmdline:
-            leaks.append(cmdline)
     return leaks
+
+
+def _rooted_under(pid: int, directory: Path) -> bool:
+    """Whether process `pid`'s root mount is a directory under `directory`: the mount's own
+    root, as /proc/<pid>/mountinfo gives it (bind mounts keep their source's path, relative
+    to the filesystem it lies on)."""
+    prefixes = {str(directory).rstrip("/") + "/"}
+    within = os.path.relpath(directory, _mount_point(directory))
+    if within != ".":  # `directory` is not a mount point itself
+        prefixes.add("/" + within + "/")
+    for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[4] == "/":
+            return any(fields[3].startswith(prefix) for prefix in prefixes)
+    return False
+
+
+def _mount_point(path: Path) -> str:
+    current = os.path.realpath(path)
+    while not os.path.ismount(current):
+        current = os.path.dirname(current)
+    return current
