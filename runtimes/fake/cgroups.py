@@ -221,10 +221,6 @@ class SandboxCgroup:
                     return
                 time.sleep(0.002)
 
-    def kill_holds_while_frozen(self) -> bool:
-        """Whether a SIGKILL waits for a thaw (the v1 freezer) rather than acting at once."""
-        return self.freezer == "v1"
-
 
 def _text(directory: str, name: str) -> str | None:
     try:

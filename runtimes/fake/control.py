@@ -109,8 +109,8 @@ class InitChannel:
         ident = self._next_id
         future: asyncio.Future[Any] = self._loop.create_future()
         self._pending[ident] = (kind, future)
-        self._send({**request, "id": ident}, fds)
         try:
+            self._send({**request, "id": ident}, fds)
             return await future
         finally:
             self._pending.pop(ident, None)
@@ -122,6 +122,9 @@ class InitChannel:
             _close_all(fds)
             return
         messages = wire.fragments(request)
+        if sum(map(len, messages)) > wire.MAX_REQUEST:
+            _close_all(fds)
+            raise InitFailure(stage=wire.STAGE_REQUEST, errno=errno.E2BIG)
         for message in messages[:-1]:
             self._outgoing.append((message, []))
         self._outgoing.append((messages[-1], fds))

@@ -126,16 +126,6 @@ def network_files(hostname: str, address: str, nameservers: list[str]) -> dict[s
             "nsswitch.conf": nsswitch}
 
 
-def host_nameservers() -> list[str]:
-    """The host's resolvers, for sandboxes whose network reaches them as the host does."""
-    servers = []
-    for line in _read("/etc/resolv.conf").splitlines():
-        fields = line.split()
-        if len(fields) >= 2 and fields[0] == "nameserver":
-            servers.append(fields[1])
-    return servers
-
-
 def write_etc(etc: str, *, hostname: str, address: str, nameservers: list[str],
               owner: tuple[int, int], shadow_gid: int | None) -> list[SharedEntry]:
     """Fill the private `etc` directory (on the host) and return the host entries still to

@@ -48,7 +48,7 @@ from opensandbox_emulator.runtimes.failures import (
     PathReadOnly,
     RuntimeFailure,
 )
-from opensandbox_emulator.runtimes.fake.ids import SANDBOX_IDS, IdMap
+from opensandbox_emulator.runtimes.fake.ids import SANDBOX_IDS, IdMap, overflow_id
 from opensandbox_emulator.runtimes.fake.layout import Mount, ResolvedPath, SandboxLayout
 from opensandbox_emulator.runtimes.filesystem import (
     CHUNK_SIZE,
@@ -183,9 +183,8 @@ class FakeFilesystem(SandboxFilesystem):
         if self.ids.is_identity:
             return st.st_uid, st.st_gid
         if mount.idmapped:
-            overflow = self.ids.uid_from_host(-2)
-            return (st.st_uid if st.st_uid < SANDBOX_IDS else overflow,
-                    st.st_gid if st.st_gid < SANDBOX_IDS else overflow)
+            return (st.st_uid if st.st_uid < SANDBOX_IDS else overflow_id("uid"),
+                    st.st_gid if st.st_gid < SANDBOX_IDS else overflow_id("gid"))
         return self.ids.uid_from_host(st.st_uid), self.ids.gid_from_host(st.st_gid)
 
     def _new_owner(self, mount: Mount) -> tuple[int, int]:

@@ -24,7 +24,8 @@ SUBORDINATE_BASE = 0x70000000  # 1879048192: above useradd's ranges and systemd'
 SANDBOX_IDS = 65536
 
 
-def _overflow_id(kind: str) -> int:
+def overflow_id(kind: str = "uid") -> int:
+    """The id the kernel shows for a host id a user namespace does not map (nobody)."""
     try:
         with open(f"/proc/sys/kernel/overflow{kind}") as handle:
             return int(handle.read().strip())
@@ -120,7 +121,7 @@ def _from_host(ranges: Sequence[IdRange], value: int, kind: str) -> int:
         mapped = entry.from_host(value)
         if mapped is not None:
             return mapped
-    return _overflow_id(kind)
+    return overflow_id(kind)
 
 
 def subordinate_range(user: str, table: str) -> tuple[int, int] | None:

@@ -56,6 +56,7 @@ from opensandbox_emulator.runtimes.fake.filesystem import FakeFilesystem
 from opensandbox_emulator.runtimes.fake.isolation import Plan, normalise, plan
 from opensandbox_emulator.runtimes.fake.launch import (
     Box,
+    Launcher,
     LaunchFailed,
     LaunchRequest,
     remove_directories,
@@ -92,7 +93,6 @@ class FakeSandbox:
     paused: bool = False
     watcher: asyncio.Task[None] | None = None
     cpu_sample: tuple[float, float] | None = None  # (wall seconds, cpu seconds)
-    oom_kills: int = 0
 
 
 class FakeRuntime(Runtime):
@@ -134,7 +134,7 @@ class FakeRuntime(Runtime):
         return []
 
     @property
-    def _launcher(self) -> Any:
+    def _launcher(self) -> Launcher:
         if self._plan is None:
             raise Unavailable("the fake runtime has not been started")
         return self._plan.launcher

@@ -127,7 +127,14 @@ class Init:
             _close_all(fds)
             return None
         payload, self.partial = b"".join(self.partial), []
-        return marshal.loads(payload), fds
+        try:
+            request = marshal.loads(payload)
+        except (ValueError, EOFError, TypeError):
+            request = None
+        if not isinstance(request, dict):
+            _close_all(fds)
+            return None  # nothing to answer: not a request the server could have sent
+        return request, fds
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -160,21 +167,27 @@ class Init:
     def handle(self, request, fds):
         op = request.get("op")
         try:
-            if op == "spawn":
-                self.spawn(request, fds)
-            elif op == "connect":
-                self.connect(request)
-            elif op == "signal":
-                pid = request["pid"]
-                if pid in self.spawned:
-                    _quietly(os.killpg, pid, request["sig"])
-            elif op in ("pause", "resume") and self.pid_one:
-                # kill(-1) reaches every process of this PID namespace but the init.
-                _quietly(os.kill, -1, _signal.SIGSTOP if op == "pause" else _signal.SIGCONT)
-            else:
-                self.send(FAILED, request.get("id", 0), 22, STAGE_REQUEST)
+            self._handle(op, request, fds)
+        except Exception:  # a malformed request: say so, and serve on
+            self.send(FAILED, request.get("id", 0) if isinstance(request.get("id"), int)
+                      else 0, 22, STAGE_REQUEST)
         finally:
             _close_all(fds)
+
+    def _handle(self, op, request, fds):
+        if op == "spawn":
+            self.spawn(request, fds)
+        elif op == "connect":
+            self.connect(request)
+        elif op == "signal":
+            pid = request["pid"]
+            if pid in self.spawned:
+                _quietly(os.killpg, pid, request["sig"])
+        elif op in ("pause", "resume") and self.pid_one:
+            # kill(-1) reaches every process of this PID namespace but the init.
+            _quietly(os.kill, -1, _signal.SIGSTOP if op == "pause" else _signal.SIGCONT)
+        else:
+            self.send(FAILED, request.get("id", 0), 22, STAGE_REQUEST)
 
     def reap(self):
         while True:

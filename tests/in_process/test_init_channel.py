@@ -155,3 +155,45 @@ async def test_when_the_init_goes_pending_requests_fail_and_exits_read_as_killed
     status = await asyncio.wait_for(exited, 5)
     assert status.signal == 9
     os.close(read_end)
+
+
+async def test_a_request_too_large_for_the_init_fails_before_anything_is_sent(
+        pair: tuple[InitChannel, HostileInit]) -> None:
+    channel, _ = pair
+    read_end, write_end = os.pipe()
+    with pytest.raises(InitFailure) as refused:
+        await channel.spawn(argv=["echo", "x" * (wire.MAX_REQUEST + 1)], env={}, cwd="/",
+                            uid=None, gid=None, stdin=None, stdout=write_end, stderr=None)
+    assert refused.value.errno == 7  # E2BIG
+    with pytest.raises(OSError):
+        os.fstat(write_end)  # the child's end was closed, not leaked
+    os.close(read_end)
+
+
+async def test_the_init_answers_a_malformed_request_and_serves_on() -> None:
+    """The real init, as an ordinary child: a request it cannot make sense of gets a
+    refusal, not a crash, and the next good one is served."""
+    from opensandbox_emulator.runtimes.fake.interpreter import on_host
+
+    server, inside = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    init = await asyncio.create_subprocess_exec(
+        *on_host().command(inside.fileno()), pass_fds=[inside.fileno()],
+        stdin=asyncio.subprocess.DEVNULL)
+    inside.close()
+    channel = InitChannel(server)
+    try:
+        await asyncio.wait_for(channel.ready, 10)
+        for malformed in ({"op": "spawn"}, {"op": "signal"}, {"op": "no such thing"}):
+            with pytest.raises(InitFailure) as refused:
+                await asyncio.wait_for(channel._request("spawn", malformed), 10)
+            assert refused.value.stage in (wire.STAGE_REQUEST, wire.STAGE_STDIO), malformed
+        read_end, write_end = os.pipe()
+        _, exited = await asyncio.wait_for(channel.spawn(
+            argv=["sh", "-c", "echo served"], env={"PATH": "/usr/bin:/bin"}, cwd="/",
+            uid=None, gid=None, stdin=None, stdout=write_end, stderr=None), 10)
+        assert (await asyncio.wait_for(exited, 10)).code == 0
+        assert os.read(read_end, 100) == b"served\n"
+        os.close(read_end)
+    finally:
+        channel.close()
+        await asyncio.wait_for(init.wait(), 10)
