@@ -15,6 +15,7 @@ of a server run as a normal user (skipped where the machine cannot), the three s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -415,8 +416,23 @@ def test_daemons_do_not_survive_a_server_crash(server: ServerProcess,
     # What runc kept of the crashed server's sandboxes goes when a server starts next.
     crashed = f"{own.process.pid}:"
     assert any(owner.startswith(crashed) for owner in runc_owners())
+    # (Its state directory is behind pytest's closed temporary directory: the sandbox's
+    # root was staged, and so left a stage directory too.)
+    assert any(owner.startswith(crashed) for owner in stage_owners())
     start_server()
     assert not any(owner.startswith(crashed) for owner in runc_owners())
+    assert not any(owner.startswith(crashed) for owner in stage_owners())
+
+
+def stage_owners() -> list[str]:
+    """The server of every directory the fake runtime stages mounts in."""
+    from opensandbox_emulator.runtimes.fake.launch import OWNER_FILE, stage_root
+
+    owners = []
+    for directory in Path(stage_root()).glob("*"):
+        with contextlib.suppress(OSError):
+            owners.append((directory / OWNER_FILE).read_text())
+    return owners
 
 
 def runc_owners() -> list[str]:

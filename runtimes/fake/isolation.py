@@ -40,6 +40,7 @@ from opensandbox_emulator.runtimes.fake.launch import (
     HostLauncher,
     Launcher,
     LaunchRequest,
+    remove_orphan_stages,
 )
 from opensandbox_emulator.runtimes.fake.oci import CAPABILITIES, NAMESPACES, Resources
 from opensandbox_emulator.runtimes.fake.runc import Runc, runc, state_root, version
@@ -152,6 +153,7 @@ async def _container_plan(state_dir: str, pids_limit: int | None
         for container_id in await engine.remove_orphans():
             log.info("removed container %s, left behind by a server that is gone",
                      container_id)
+        await asyncio.to_thread(remove_orphan_stages)
     userns_fd = await asyncio.to_thread(idmap.user_namespace, ids)
     layout = cgroups.layout()
     want_cgroups = layout != "none"

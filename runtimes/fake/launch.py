@@ -28,6 +28,7 @@ import secrets
 import shutil
 import signal
 import socket
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from opensandbox_emulator.runtimes.fake.processes import descendants, signal_pid
 from opensandbox_emulator.runtimes.fake.runc import (
     SERVER_ANNOTATION,
     Runc,
+    server_alive,
     server_identity,
     state_root,
 )
@@ -253,7 +255,14 @@ class ContainerLauncher(Launcher):
 
         def place(name: str, directory: bool) -> str:
             target = os.path.join(stage, name)
-            _reachable_directory(stage)
+            if not os.path.isdir(stage):
+                # Made under another name and renamed once it says whose it is, so that a
+                # server sweeping orphans never takes it for one.
+                making = os.path.join(os.path.dirname(stage), MAKING + os.path.basename(stage))
+                _reachable_directory(making)
+                with open(os.path.join(making, OWNER_FILE), "w") as owner:
+                    owner.write(server_identity())
+                os.rename(making, stage)
             if directory:
                 os.mkdir(target, 0o755)
             else:
@@ -323,8 +332,35 @@ class ContainerLauncher(Launcher):
                 os.rmdir(controller_root + self.cgroup_parent)
 
 
+OWNER_FILE = ".server"  # in a stage directory: the pid and start time of its server
+MAKING = ".making-"  # a stage directory being made
+
+
 def stage_root() -> str:
     return os.path.join(os.path.dirname(state_root()), "stage")
+
+
+def remove_orphan_stages() -> list[str]:
+    """Remove the stage directories of servers that are gone (they crashed); only empty
+    mount points, since nothing is ever mounted on them in the host's namespace. Returns
+    their names."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(stage_root()):
+            try:
+                with open(os.path.join(entry.path, OWNER_FILE)) as handle:
+                    owner = handle.read().strip()
+            except OSError:
+                owner = ""
+            if entry.name.startswith(MAKING):
+                with contextlib.suppress(OSError):
+                    if time.time() - entry.stat().st_mtime < 600:
+                        continue  # being made right now, by a server starting a sandbox
+            elif server_alive(owner):
+                continue
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
 
 
 def _reachable_directory(path: str) -> None:

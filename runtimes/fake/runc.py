@@ -63,7 +63,8 @@ def server_identity() -> str:
     return f"{os.getpid()}:{process_start_time(os.getpid())}"
 
 
-def _alive(identity: str) -> bool:
+def server_alive(identity: str) -> bool:
+    """Whether the server `identity` (`server_identity()` of some process) still runs."""
     pid, _, started = identity.partition(":")
     return pid.isdigit() and process_start_time(int(pid)) == started
 
@@ -164,7 +165,7 @@ class Runc:
             annotations = container.get("annotations") or {}
             owner = annotations.get(SERVER_ANNOTATION) if isinstance(annotations, dict) \
                 else None
-            if isinstance(owner, str) and not _alive(owner):
+            if isinstance(owner, str) and not server_alive(owner):
                 container_id = str(container.get("id"))
                 await asyncio.to_thread(self.delete, container_id)
                 removed.append(container_id)
