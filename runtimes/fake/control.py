@@ -74,13 +74,16 @@ class InitChannel:
 
     async def spawn(self, *, argv: list[str], env: dict[str, str], cwd: str,
                     uid: int | None, gid: int | None, stdin: int | None, stdout: int,
-                    stderr: int | None) -> tuple[int, asyncio.Future[ExitStatus]]:
+                    stderr: int | None, tty: bool = False
+                    ) -> tuple[int, asyncio.Future[ExitStatus]]:
         """Start a process; returns its pid (in the sandbox) and a future of its exit.
-        The descriptors are the child's ends of its pipes; they are closed here once sent.
-        Raises `InitFailure` (with the stage that failed) or `ChannelClosed`."""
+        The descriptors are the child's ends of its pipes (with `tty`, three of the slave
+        side of a pseudo-terminal); they are closed here once sent. Raises `InitFailure`
+        (with the stage that failed) or `ChannelClosed`."""
         fds = [fd for fd in (stdin, stdout, stderr) if fd is not None]
         request = {"op": "spawn", "argv": argv, "env": env, "cwd": cwd, "uid": uid,
-                   "gid": gid, "stdin": stdin is not None, "stderr": stderr is not None}
+                   "gid": gid, "stdin": stdin is not None, "stderr": stderr is not None,
+                   "tty": tty}
         pid, exited = await self._request("spawn", request, fds)
         return pid, exited
 

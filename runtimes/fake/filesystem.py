@@ -378,7 +378,7 @@ class FakeFilesystem(SandboxFilesystem):
                 except OSError:
                     continue  # replaced meanwhile: skip, as a walk racing `rm` would
             if depth is not None:
-                found.append(self._info(child_shown, os.fstat(child), names))
+                found.append(self._info(child_shown, os.fstat(child), names, mount))
                 if depth <= 1:
                     _close(child)
                     continue

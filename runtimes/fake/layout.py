@@ -114,7 +114,7 @@ class SandboxLayout:
                                else setup.ids.gid_to_host(shadow)):
             mounts.append(Mount("/etc/" + entry.name, entry.host_path, read_only=True))
         if setup.init_script is not None:
-            _install_init(root, setup.init_script)
+            _install_init(root, setup.init_script, owner)
         mounts.append(Mount("/dev", "/dev", read_only=True, kind="dev"))
         mounts.append(Mount("/proc", "/proc", read_only=True, kind="proc"))
         mounts.append(Mount("/sys", "/sys", read_only=True, kind="sys"))
@@ -225,11 +225,14 @@ def _make_mount_point(host_path: str, directory: bool, owner: tuple[int, int] | 
         os.chown(host_path, *owner)
 
 
-def _install_init(root: str, script: str) -> None:
+def _install_init(root: str, script: str, owner: tuple[int, int]) -> None:
     """The init's program in the private root, owned by the host's root: the sandbox can
-    read it, not change it (it is read once, when the sandbox starts, anyway)."""
+    read it, not change it (it is read once, when the sandbox starts, anyway). Its
+    directory is the sandbox root's, as upstream's `/opt/opensandbox` is (the env file
+    lives there)."""
     directory = root + "/opt/opensandbox"
     os.makedirs(directory, 0o755, exist_ok=True)
+    os.chown(directory, *owner)
     with open(script, "rb") as source, open(directory + "/init.py", "wb") as target:
         target.write(source.read())
     os.chmod(directory + "/init.py", 0o444)

@@ -22,7 +22,13 @@ import signal
 import time
 from collections.abc import Callable, Iterable
 
-from opensandbox_emulator.runtimes.base import ExitStatus, SandboxProcess
+from opensandbox_emulator.runtimes.base import (
+    ExitStatus,
+    ProcessInput,
+    ProcessOutput,
+    ProcessTerminal,
+    SandboxProcess,
+)
 from opensandbox_emulator.runtimes.fake.control import InitChannel
 
 PIPE_LIMIT = 64 * 1024  # per-stream read buffer; past it the pipe pushes back on the writer
@@ -85,13 +91,15 @@ class InitProcess(SandboxProcess):
     process group and session)."""
 
     def __init__(self, channel: InitChannel, pid: int, exited: asyncio.Future[ExitStatus], *,
-                 stdout: asyncio.StreamReader, stderr: asyncio.StreamReader | None,
-                 stdin: PipeInput | None, frozen: Callable[[], bool],
-                 explain_kill: Callable[[], str | None] | None = None):
+                 stdout: ProcessOutput, stderr: ProcessOutput | None,
+                 stdin: ProcessInput | None, frozen: Callable[[], bool],
+                 explain_kill: Callable[[], str | None] | None = None,
+                 terminal: ProcessTerminal | None = None):
         self.pid = pid
         self.stdout = stdout
         self.stderr = stderr
         self.stdin = stdin
+        self.terminal = terminal
         self._channel = channel
         self._exited = exited
         self._frozen = frozen

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from opensandbox_emulator.runtimes.base import (
+    DEFAULT_ENV_FILE,
     ExitStatus,
     Phase,
     ResourceUsage,
@@ -72,6 +73,7 @@ from opensandbox_emulator.runtimes.fake.processes import (
     sample,
     write_pipe,
 )
+from opensandbox_emulator.runtimes.fake.terminal import PseudoTerminal, TerminalControl
 from opensandbox_emulator.runtimes.limits import parse_limits
 
 log = logging.getLogger("opensandbox.runtime.fake")
@@ -195,6 +197,9 @@ class FakeRuntime(Runtime):
             raise StartFailed(f"Failed to start the sandbox: {error}") from error
         env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LANG": "C.UTF-8", "HOSTNAME": hostname}
         env.update(spec.env)
+        env.setdefault("EXECD_ENVS", DEFAULT_ENV_FILE if box.pid_namespace else
+                       os.path.join(directory, "opensandbox.env"))
+        await asyncio.to_thread(_touch, box, env["EXECD_ENVS"])
         sandbox = FakeSandbox(spec=spec, directory=directory, box=box, env=env,
                               resources=resources)
         self._sandboxes[spec.sandbox_id] = sandbox
@@ -255,24 +260,28 @@ class FakeRuntime(Runtime):
         cwd = request.cwd or "/"
         if not cwd.startswith("/"):
             cwd = "/" + cwd
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe() if not request.merge_stderr else (None, None)
-        in_r, in_w = os.pipe() if request.stdin else (None, None)
+        tty = PseudoTerminal(request.terminal) if request.terminal is not None else None
+        ours: list[int] = []  # the server's ends, closed if the spawn fails
+        if tty is not None:
+            in_r, out_w, err_w = tty.slave_copies()
+        else:
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe() if not request.merge_stderr else (None, None)
+            in_r, in_w = os.pipe() if request.stdin else (None, None)
+            ours = [fd for fd in (out_r, err_r, in_w) if fd is not None]
         box = sandbox.box
         oom_before = box.cgroup.oom_kills() if box.cgroup is not None else 0
         try:
             pid, exited = await box.channel.spawn(
                 argv=list(request.argv), env=env, cwd=cwd, uid=request.uid, gid=request.gid,
-                stdin=in_r, stdout=out_w, stderr=err_w)
-        except InitFailure as failure:
-            for fd in (out_r, err_r, in_w):
-                if fd is not None:
-                    os.close(fd)
-            raise _spawn_failure(failure, request, cwd) from None
-        except ChannelClosed:
-            for fd in (out_r, err_r, in_w):
-                if fd is not None:
-                    os.close(fd)
+                stdin=in_r, stdout=out_w, stderr=err_w, tty=tty is not None)
+        except (InitFailure, ChannelClosed) as error:
+            for fd in ours:
+                os.close(fd)
+            if tty is not None:
+                tty.release()
+            if isinstance(error, InitFailure):
+                raise _spawn_failure(error, request, cwd) from None
             raise SpawnFailed("the sandbox is not running (its init has ended)",
                               wrong_state=True) from None
 
@@ -284,6 +293,11 @@ class FakeRuntime(Runtime):
             return ("out of memory: the sandbox reached its memory limit"
                     + (f" of {_size(limit)}" if limit else ""))
 
+        if tty is not None:
+            tty.release_slave()  # the process holds it now: reads end when it goes
+            return InitProcess(box.channel, pid, exited, stdout=tty, stderr=None, stdin=tty,
+                               frozen=lambda: sandbox.paused, explain_kill=explain_kill,
+                               terminal=TerminalControl(tty))
         return InitProcess(box.channel, pid, exited, stdout=await read_pipe(out_r),
                            stderr=await read_pipe(err_r) if err_r is not None else None,
                            stdin=await write_pipe(in_w) if in_w is not None else None,
@@ -331,6 +345,9 @@ class FakeRuntime(Runtime):
             return RuntimeStatus(Phase.PAUSED)
         return RuntimeStatus(Phase.RUNNING)
 
+    def environment(self, sandbox_id: str) -> dict[str, str]:
+        return dict(self._get(sandbox_id).env)
+
     def filesystem(self, sandbox_id: str) -> FakeFilesystem:
         sandbox = self._get(sandbox_id)
         return FakeFilesystem(sandbox.box.layout, home=sandbox.env.get("HOME", "/root"),
@@ -373,6 +390,22 @@ class FakeRuntime(Runtime):
         return ResourceUsage(cpu_count=cpu_count, cpu_used_pct=round(min(max(percent, 0), 100), 2),
                              mem_total_mib=round(mem_total, 1),
                              mem_used_mib=round(min(used / 1048576, mem_total), 1))
+
+
+def _touch(box: Box, sandbox_path: str) -> None:
+    """Create the env file (and its directory), owned by root inside, as upstream's
+    bootstrap does: a path the sandbox cannot write is only logged, the variable still
+    names it."""
+    try:
+        target = box.layout.resolve(sandbox_path)
+        target.require_writable()
+        os.makedirs(os.path.dirname(target.host_path), exist_ok=True)
+        with open(target.host_path, "a"):
+            pass
+        if not box.ids.is_identity and not box.layout._mount_for(target.sandbox_path).idmapped:
+            os.chown(target.host_path, *box.ids.root)
+    except (OSError, RuntimeFailure) as error:
+        log.warning("cannot create the env file %s: %s", sandbox_path, error)
 
 
 def _spawn_failure(failure: InitFailure, request: SpawnRequest, cwd: str) -> SpawnFailed:

@@ -14,8 +14,9 @@ request (u32), a (i32), b (i32)`, little-endian, which the server validates: who
 code in the sandbox may try to impersonate this process, so nothing it sends is trusted.
 
 - `spawn`: fork a child in a new session with the given argv, env, cwd, uid/gid and stdio
-  (stdin, stdout and optionally stderr arrive as descriptors); reply `SPAWNED pid` once the
-  child has executed its program, or `FAILED errno stage` with what went wrong.
+  (stdin, stdout and optionally stderr arrive as descriptors; with `tty`, they are the
+  slave side of a pseudo-terminal, which becomes the session's controlling terminal);
+  reply `SPAWNED pid` once the child has executed its program, or `FAILED errno stage`.
 - `signal`: signal the process group of a child it spawned and has not reaped yet.
 - `connect`: open a TCP connection to a port on the sandbox's own loopback (127.0.0.1, then
   ::1) and hand the connected socket back (`CONNECTED`, descriptor attached), so the server
@@ -209,6 +210,8 @@ class Init:
         if len(fds) != wanted:
             self.send(FAILED, ident, 9, STAGE_STDIO)  # EBADF
             return
+        if request.get("tty"):
+            _terminal_calls()  # imported here, before the fork (and any setuid)
         err_r, err_w = os.pipe()
         try:
             pid = os.fork()
@@ -316,6 +319,9 @@ def _child(request, fds, err_w):
         os.dup2(stdout, 1)
         os.dup2(stderr, 2)
         os.setsid()
+        if request.get("tty"):
+            fcntl, termios = _terminal_calls()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # the new session's controlling terminal
         try:
             adj = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
             os.write(adj, b"0")
@@ -361,6 +367,20 @@ def _execute(argv, env):
         except OSError as error:
             failure = error  # found but not runnable (EACCES…): report that
     raise failure or FileNotFoundError(2, "not found")
+
+
+_TERMINAL = []
+
+
+def _terminal_calls():
+    """(fcntl, termios), imported the first time a terminal is asked for: most sandboxes
+    never need them, and every module costs memory in every sandbox."""
+    if not _TERMINAL:
+        import fcntl
+        import termios
+
+        _TERMINAL.extend((fcntl, termios))
+    return _TERMINAL
 
 
 def _ignore(*_):
