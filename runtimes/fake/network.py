@@ -5,9 +5,15 @@ can both listen on port 8000). slirp4netns (Debian's `slirp4netns`) gives it an 
 and carries its outbound connections through a user-space TCP/IP stack, from the host's
 network as an ordinary process would: the world and the host's external addresses are
 reachable, the host's loopback is not (`--disable-host-loopback`), and nothing from outside
-reaches in (no port is forwarded). It is sandboxed itself (`--enable-sandbox`,
-`--enable-seccomp`), runs as a child of the server, exits when its exit pipe closes (the
-server stopped or died) and is killed when the sandbox goes.
+reaches in (no port is forwarded). It runs under its own seccomp filter (`--enable-seccomp`)
+as a child of the server, exits when its exit pipe closes (the server stopped or died) and
+is killed when the sandbox goes.
+
+Not `--enable-sandbox`: while a slirp4netns builds that sandbox (a mount namespace it
+pivots into), Docker containers starting at the same moment on the same host intermittently
+find their root filesystem empty and die with exit 127 (seen with slirp4netns 1.2.0 beside
+Docker 20.10; wrapping it in a slave mount namespace did not help). A fake sandbox must not
+break the Docker engine a developer runs beside it.
 
 slirp4netns was chosen over `pasta` (Debian's `passt`) for memory: on Debian 12 an idle
 pasta holds about 29 MiB of private memory per sandbox, slirp4netns about 0.5 MiB.
@@ -65,7 +71,7 @@ async def attach(init_pid: int, *, log_path: str, join_user_namespace: bool) -> 
     ready_r, ready_w = os.pipe()
     exit_r, exit_w = os.pipe()
     argv = [program, "--configure", "--mtu=65520", "--disable-host-loopback",
-            "--enable-sandbox", "--enable-seccomp", f"--ready-fd={ready_w}",
+            "--enable-seccomp", f"--ready-fd={ready_w}",
             f"--exit-fd={exit_r}"]
     if join_user_namespace:
         argv.append(f"--userns-path=/proc/{init_pid}/ns/user")
