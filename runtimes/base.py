@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
-from opensandbox_emulator.runtimes.failures import Unsupported, VolumeNotFound
+from opensandbox_emulator.runtimes.failures import (
+    BadEnvironmentName,
+    NulInArgument,
+    Unsupported,
+    VolumeNotFound,
+)
 from opensandbox_emulator.runtimes.filesystem import SandboxFilesystem
 
 DEFAULT_ENV_FILE = "/opt/opensandbox/.env"  # where upstream's bootstrap puts EXECD_ENVS
@@ -142,6 +147,24 @@ class SpawnRequest:
     merge_stderr: bool = False
     stdin: bool = False
     terminal: TerminalSize | None = None
+
+
+def check_process_inputs(argv: Sequence[str], env: Mapping[str, str],
+                         cwd: str | None = None) -> None:
+    """Refuse what no `execve` takes, before anything starts: a NUL byte in an argument,
+    the working directory or the environment, or an environment name that is empty or
+    holds `=`. Raises `NulInArgument` / `BadEnvironmentName` (the server checks requests
+    first; this keeps every runtime safe whoever calls it)."""
+    if cwd is not None and "\x00" in cwd:
+        raise NulInArgument("cwd")
+    for index, argument in enumerate(argv):
+        if "\x00" in argument:
+            raise NulInArgument(f"argv[{index}]")
+    for name, value in env.items():
+        if not name or "=" in name or "\x00" in name:
+            raise BadEnvironmentName(name)
+        if "\x00" in value:
+            raise NulInArgument(f"env[{name}]")
 
 
 class ProcessOutput(Protocol):

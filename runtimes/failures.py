@@ -124,6 +124,23 @@ class InvalidArgument(RuntimeFailure):
         self.field = field
 
 
+class NulInArgument(InvalidArgument):
+    """A path, argument or environment entry holds a NUL byte, which no system call takes."""
+
+    def __init__(self, field: str):
+        super().__init__(f"{field} must not contain a NUL byte (\\u0000)", field=field)
+
+
+class BadEnvironmentName(InvalidArgument):
+    """An environment variable name that is empty or holds `=` (the kernel would read
+    `A=B=c` as `A` set to `B=c`)."""
+
+    def __init__(self, name: str):
+        super().__init__(f"environment variable name {name!r} is empty or contains '='",
+                         field="env")
+        self.name = name
+
+
 class SymlinkLoop(InvalidArgument):
     def __init__(self, path: str):
         super().__init__(f"Too many levels of symbolic links in {path}.", field="path")
@@ -258,6 +275,26 @@ class FileExists(FileFailure):
 
 class FileBusy(FileFailure):
     """The path is a mount point, or it changed under us while being resolved."""
+
+
+class PathTooLong(FileFailure):
+    """The path, or one name in it, is longer than the kernel takes (`ENAMETOOLONG`: a
+    name has at most 255 bytes, a whole path 4095)."""
+
+    def __init__(self, path: str):
+        shown = path if len(path) <= 200 else path[:100] + "…" + path[-60:]
+        super().__init__(path, f"path too long: {shown} ({len(path.encode(errors='replace'))}"
+                               " bytes; a name may have at most 255 bytes and a whole path "
+                               "4095)")
+
+
+class PathChanged(FileBusy):
+    """A component of the path changed while it was being resolved (a sandbox process
+    swapped a symlink for a file, say); retrying sees the new state."""
+
+    def __init__(self, path: str):
+        super().__init__(path, f"{path} changed while the server was resolving it (a sandbox "
+                               "process replaced part of the path); retry the request")
 
 
 class PathReadOnly(FileFailure):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from opensandbox_emulator.runtimes.failures import (
     InvalidArgument,
     NotADirectory,
+    NulInArgument,
     SymlinkRefused,
     UnknownGroup,
     UnknownUser,
@@ -235,6 +236,8 @@ class SandboxFilesystem(ABC):
         """`~` and `~/x` against HOME, relative paths against `/`. `..` is kept: only the
         sandbox's own resolution may fold it, since `link/..` is not `.` when `link` is a
         symlink."""
+        if "\x00" in path:
+            raise NulInArgument("path")
         if path == "~" or path.startswith("~/"):
             path = self.home.rstrip("/") + path[1:]
         return "/" + "/".join(part for part in path.split("/") if part)

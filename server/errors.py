@@ -182,11 +182,16 @@ def describe_validation_errors(errors: list[Any]) -> str:
         # `path` too (volumes[0].host.path), so it must not be dropped further in.
         if loc and loc[0] in ("body", "query", "path", "header", "cookie"):
             loc = loc[1:]
+        key = None
+        if len(loc) >= 2 and loc[-1] == "[key]":  # a dict's key, not its value, is at fault
+            key, loc = loc[-2], loc[:-2]
         where = ""
         for part in loc:
             where += f"[{part}]" if isinstance(part, int) else f".{part}" if where else str(part)
+        if key is not None:
+            where = f"{where} key {key!r}" if where else f"key {key!r}"
         where = where or "request body"
-        msg = str(err.get("msg", "invalid value"))
+        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
         if "input" in err and err.get("type") not in ("missing", "json_invalid"):
             shown = repr(err["input"])
             if len(shown) > 60:

@@ -21,6 +21,7 @@ from opensandbox_emulator.runtimes.failures import (
     NotADirectory,
     PathNotAccessible,
     PathReadOnly,
+    PathTooLong,
     RuntimeFailure,
     SymlinkLoop,
 )
@@ -89,6 +90,8 @@ def helper_failure(result: HelperResult, action: str, shown: str) -> RuntimeFail
         return FileExists(shown, f"cannot {action} {shown}: the target already exists")
     if "Read-only file system" in text:
         return PathReadOnly(shown, f"cannot {action} {shown}: it is on a read-only filesystem")
+    if "File name too long" in text:
+        return PathTooLong(shown)
     if "Too many levels of symbolic links" in text:
         return SymlinkLoop(shown)
     if "Device or resource busy" in text:

@@ -39,6 +39,7 @@ from opensandbox_emulator.runtimes.base import (
     SandboxProcess,
     SandboxSpec,
     SpawnRequest,
+    check_process_inputs,
 )
 from opensandbox_emulator.runtimes.docker import labels
 from opensandbox_emulator.runtimes.docker.containers import (
@@ -159,6 +160,7 @@ class DockerRuntime(Runtime):
         return volume.name
 
     async def create(self, spec: SandboxSpec) -> None:
+        check_process_inputs(spec.entrypoint, spec.env)
         limits = parse_limits(spec.resource_limits)
         mounts: list[Mount] = []
         for volume in spec.volumes:
@@ -244,6 +246,7 @@ class DockerRuntime(Runtime):
     # --- processes ---------------------------------------------------------------------------
 
     async def spawn(self, sandbox_id: str, request: SpawnRequest) -> SandboxProcess:
+        check_process_inputs(request.argv, request.env, request.cwd)
         return await spawn_process(self.engine, self._sandbox(sandbox_id), request)
 
     # --- ports and metrics -----------------------------------------------------------------

@@ -46,6 +46,7 @@ from opensandbox_emulator.runtimes.failures import (
     NotARegularFile,
     PathNotAccessible,
     PathReadOnly,
+    PathTooLong,
     RuntimeFailure,
 )
 from opensandbox_emulator.runtimes.fake.ids import SANDBOX_IDS, IdMap, overflow_id
@@ -115,6 +116,8 @@ def _failure(error: OSError, action: str, path: str) -> FileFailure:
         return FileExists(path, f"cannot {action} {path}: the target already exists")
     if code == errno.EROFS:
         return PathReadOnly(path, f"cannot {action} {path}: it is on a read-only filesystem")
+    if code == errno.ENAMETOOLONG:
+        return PathTooLong(path)
     if code == errno.ELOOP:
         return FileBusy(path, f"cannot {action} {path}: it changed into a symlink while the "
                               "server was using it; retry the request")

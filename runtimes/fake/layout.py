@@ -10,14 +10,20 @@ from (`oci.py`), so the server's view and the sandbox's never differ.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from opensandbox_emulator.runtimes.failures import (
+    FileFailure,
     MountPathRefused,
+    PathChanged,
+    PathNotAccessible,
     PathReadOnly,
+    PathTooLong,
+    RuntimeFailure,
     SymlinkLoop,
 )
 from opensandbox_emulator.runtimes.fake.etc import write_etc
@@ -32,6 +38,18 @@ PRIVATE_DIRS = {"/tmp": 0o1777, "/root": 0o700, "/home": 0o755, "/var": 0o755,
                 "/srv": 0o755, "/workspace": 0o755, "/dev": 0o755, "/proc": 0o555,
                 "/sys": 0o555, "/etc": 0o755}
 MAX_SYMLINK_HOPS = 40
+MAX_RETRIES = 40  # re-reads of a name that a sandbox process keeps changing under us
+
+
+def resolution_failure(error: OSError, path: str) -> RuntimeFailure:
+    """An OS error met while resolving `path` as the failure it means for the client."""
+    if error.errno == errno.ENAMETOOLONG:
+        return PathTooLong(path)
+    if error.errno == errno.ELOOP:
+        return SymlinkLoop(path)
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return PathNotAccessible(path, f"cannot resolve {path}: {error.strerror}")
+    return FileFailure(path, f"cannot resolve {path}: {error.strerror or error}")
 
 
 @dataclass(frozen=True)
@@ -120,15 +138,25 @@ class SandboxLayout:
         mounts.append(Mount("/sys", "/sys", read_only=True, kind="sys"))
         layout = cls(root, mounts)
         for extra in [*setup.extra, *volumes]:
-            target = layout.resolve(extra.sandbox_path)
+            try:
+                target = layout.resolve(extra.sandbox_path)
+            except RuntimeFailure as error:
+                raise MountPathRefused(extra.sandbox_path, f"Volume mountPath "
+                                       f"{extra.sandbox_path} cannot be made in the sandbox: "
+                                       f"{error.message}") from error
             if target.read_only:
                 raise MountPathRefused(
                     extra.sandbox_path,
                     f"Volume mountPath {extra.sandbox_path} lies on a read-only system "
                     "directory of the sandbox; mount it elsewhere (for example under /mnt).")
-            _make_mount_point(target.host_path, os.path.isdir(extra.host_path),
-                              owner if not layout._mount_for(target.sandbox_path).idmapped
-                              else None)
+            try:
+                _make_mount_point(target.host_path, os.path.isdir(extra.host_path),
+                                  owner if not layout._mount_for(target.sandbox_path).idmapped
+                                  else None)
+            except OSError as error:
+                raise MountPathRefused(extra.sandbox_path, f"Volume mountPath "
+                                       f"{extra.sandbox_path} cannot be made in the sandbox: "
+                                       f"{error.strerror}") from error
             layout = cls(root, [*layout.mounts, extra])
         return layout
 
@@ -159,7 +187,7 @@ class SandboxLayout:
             path = "/" + path
         pending = [c for c in path.split("/") if c]
         current: list[str] = []
-        hops = 0
+        hops = retries = 0
         while pending:
             name = pending.pop(0)
             if name == ".":
@@ -173,17 +201,28 @@ class SandboxLayout:
             is_last = not pending
             try:
                 info = os.lstat(host)
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 current.append(name)
                 continue
-            except NotADirectoryError:
-                current.append(name)
-                continue
+            except OSError as error:
+                raise resolution_failure(error, path) from error
             if stat.S_ISLNK(info.st_mode) and (follow_last or not is_last):
                 hops += 1
                 if hops > MAX_SYMLINK_HOPS:
                     raise SymlinkLoop(path)
-                target = os.readlink(host)
+                try:
+                    target = os.readlink(host)
+                except OSError as error:
+                    if error.errno not in (errno.EINVAL, errno.ENOENT):
+                        raise resolution_failure(error, path) from error
+                    # No longer a symlink (EINVAL), or gone: a sandbox process changed it
+                    # between the lstat and the readlink. Look at the name again.
+                    retries += 1
+                    if retries > MAX_RETRIES:
+                        raise PathChanged(path) from error
+                    hops -= 1
+                    pending.insert(0, name)
+                    continue
                 parts = [c for c in target.split("/") if c]
                 if target.startswith("/"):
                     current = []

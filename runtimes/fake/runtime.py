@@ -37,6 +37,7 @@ from opensandbox_emulator.runtimes.base import (
     SandboxProcess,
     SandboxSpec,
     SpawnRequest,
+    check_process_inputs,
 )
 from opensandbox_emulator.runtimes.failures import (
     ExecutableNotFound,
@@ -205,9 +206,12 @@ class FakeRuntime(Runtime):
         self._sandboxes[spec.sandbox_id] = sandbox
         try:
             sandbox.main = await self._start(sandbox, SpawnRequest(argv=list(spec.entrypoint)))
-        except SpawnFailed as error:
+        except BaseException as error:
+            # Whatever went wrong, a sandbox that did not start leaves nothing behind.
             await self.destroy(spec.sandbox_id)
-            raise StartFailed(f"Failed to start the entrypoint: {error.message}") from error
+            if isinstance(error, SpawnFailed):
+                raise StartFailed(f"Failed to start the entrypoint: {error.message}") from error
+            raise
         sandbox.watcher = asyncio.create_task(self._watch_main(sandbox))
 
     async def _watch_main(self, sandbox: FakeSandbox) -> None:
@@ -257,6 +261,7 @@ class FakeRuntime(Runtime):
         if sandbox.paused:
             raise SpawnFailed("the sandbox is paused; resume it first", wrong_state=True)
         env = {**sandbox.env, **request.env}
+        check_process_inputs(request.argv, env, request.cwd)
         cwd = request.cwd or "/"
         if not cwd.startswith("/"):
             cwd = "/" + cwd

@@ -1,6 +1,8 @@
 """Pydantic models that mirror the Lifecycle API's request bodies.
 
-Unknown fields are ignored (newer SDKs send `secureAccess`, `platform`, …). Responses are
+Unknown fields are ignored (newer SDKs send `secureAccess`, `platform`, …). Strings that
+reach the runtime (the image, the entrypoint, the environment, volume paths) are `Text`:
+a NUL byte in one is a 400 that names the field. Responses are
 built as plain dicts by the service, so that absent values are left out exactly as
 upstream leaves them out.
 """
@@ -11,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from opensandbox_emulator.server.inputs import EnvName, Text
+
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
@@ -19,17 +23,17 @@ class Model(BaseModel):
 
 
 class ImageAuth(Model):
-    username: str | None = None
-    password: str | None = None
+    username: Text | None = None
+    password: Text | None = None
 
 
 class ImageSpec(Model):
-    uri: str = Field(min_length=1)
+    uri: Text = Field(min_length=1)
     auth: ImageAuth | None = None
 
 
 class HostBackend(Model):
-    path: str = Field(pattern=r"^/")
+    path: Text = Field(pattern=r"^/")
 
 
 class PvcBackend(Model):
@@ -40,9 +44,9 @@ class VolumeSpec(Model):
     name: str = Field(pattern=DNS_LABEL, max_length=63)
     host: HostBackend | None = None
     pvc: PvcBackend | None = None
-    mount_path: str = Field(alias="mountPath", pattern=r"^/")
+    mount_path: Text = Field(alias="mountPath", pattern=r"^/")
     read_only: bool = Field(default=False, alias="readOnly")
-    sub_path: str | None = Field(default=None, alias="subPath")
+    sub_path: Text | None = Field(default=None, alias="subPath")
 
     @model_validator(mode="after")
     def _one_backend(self) -> VolumeSpec:
@@ -56,7 +60,7 @@ class VolumeSpec(Model):
 
 class NetworkRule(Model):
     action: Literal["allow", "deny"]
-    target: str = Field(min_length=1)
+    target: Text = Field(min_length=1)
 
 
 class NetworkPolicy(Model):
@@ -69,8 +73,8 @@ class CreateSandboxRequest(Model):
     # None (absent or null, as newer SDKs send) means the sandbox never expires.
     timeout: int | None = None
     resource_limits: dict[str, str] = Field(default_factory=dict, alias="resourceLimits")
-    entrypoint: list[str] = Field(min_length=1)
-    env: dict[str, str | None] | None = None
+    entrypoint: list[Text] = Field(min_length=1)
+    env: dict[EnvName, Text | None] | None = None
     metadata: dict[str, str] | None = None
     extensions: dict[str, str] | None = None
     network_policy: NetworkPolicy | None = Field(default=None, alias="networkPolicy")

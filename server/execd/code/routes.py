@@ -45,6 +45,7 @@ from opensandbox_emulator.server.execd.events import (
     init_event,
 )
 from opensandbox_emulator.server.execd.sandbox import ExecdSandbox, current_sandbox
+from opensandbox_emulator.server.inputs import NUL, StrictText
 
 router = APIRouter(tags=["code"])
 
@@ -57,7 +58,7 @@ class CodeContextRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     language: StrictStr | None = None
-    cwd: StrictStr | None = None
+    cwd: StrictText | None = None
 
 
 class RunContext(BaseModel):
@@ -158,6 +159,9 @@ async def interrupt_code(sandbox: Sandbox,
 
 async def _run_as_command(code: str, sandbox: ExecdSandbox) -> Response:
     """No language: the code is a shell command, streamed as `POST /command` streams it."""
+    if NUL in code:
+        raise InvalidRequestBody("code: must not contain a NUL byte (\\u0000) when it runs as "
+                                 "a shell command (no context.language)")
     return await stream_command(sandbox, CommandSpec(command=code))
 
 

@@ -18,10 +18,10 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from opensandbox_emulator.runtimes.failures import RuntimeFailure
+from opensandbox_emulator.runtimes.failures import InvalidArgument, RuntimeFailure
 from opensandbox_emulator.server.execd.commands.registry import commands_of
 from opensandbox_emulator.server.execd.commands.runner import CommandSpec
 from opensandbox_emulator.server.execd.errors import (
@@ -32,6 +32,7 @@ from opensandbox_emulator.server.execd.errors import (
 from opensandbox_emulator.server.execd.events import EventStreamResponse
 from opensandbox_emulator.server.execd.sandbox import ExecdSandbox, current_sandbox
 from opensandbox_emulator.server.execd.sessions.bash import sessions_of
+from opensandbox_emulator.server.inputs import EnvName, StrictText
 
 router = APIRouter(tags=["command"])
 
@@ -47,14 +48,14 @@ class RunCommandRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    command: StrictStr = Field(min_length=1)
-    cwd: StrictStr | None = None
+    command: StrictText = Field(min_length=1)
+    cwd: StrictText | None = None
     background: StrictBool | None = False
     timeout: StrictInt | None = Field(default=None, ge=0,
                                       description="milliseconds; 0 or absent: no timeout")
     uid: StrictInt | None = Field(default=None, ge=0)
     gid: StrictInt | None = Field(default=None, ge=0)
-    envs: dict[StrictStr, StrictStr] | None = None
+    envs: dict[EnvName, StrictText] | None = None
 
 
 @router.post("/command")
@@ -73,6 +74,8 @@ async def stream_command(sandbox: ExecdSandbox, spec: CommandSpec) -> Response:
     language)."""
     try:
         command = await commands_of(sandbox).run(spec)
+    except InvalidArgument:
+        raise  # the request's fault: a 400, as the one table says
     except RuntimeFailure as error:
         # Upstream reports every failure of these routes as a 500 RUNTIME_ERROR with this
         # prefix, whatever the runtime's failure was.

@@ -27,11 +27,12 @@ from opensandbox_emulator.server.execd.files.download import download
 from opensandbox_emulator.server.execd.files.globs import BadPattern, compile_glob
 from opensandbox_emulator.server.execd.files.lines import download_lines
 from opensandbox_emulator.server.execd.files.upload import receive_upload
+from opensandbox_emulator.server.inputs import Text
 
 router = APIRouter(tags=["filesystem"])
 
 Files = Annotated[SandboxFilesystem, Depends(sandbox_files)]
-Paths = Annotated[list[str], Query(alias="path")]
+Paths = Annotated[list[Text], Query(alias="path")]
 
 
 def _nonempty(paths: Any) -> None:
@@ -45,13 +46,13 @@ class Permission(BaseModel):
     """`mode` in octal digits (755); 0 or absent leaves the mode, empty names the owner."""
 
     mode: int = 0
-    owner: str | None = None
-    group: str | None = None
+    owner: Text | None = None
+    group: Text | None = None
 
 
 class RenameItem(BaseModel):
-    src: str
-    dest: str
+    src: Text
+    dest: Text
 
 
 class ReplaceItem(BaseModel):
@@ -82,7 +83,7 @@ async def delete_files(fs: Files, paths: Paths = []) -> Response:  # noqa: B006
     return empty()
 
 
-def _ownership_changes(body: dict[str, Permission]) -> dict[str, ChangeOwnership]:
+def _ownership_changes(body: dict[Text, Permission]) -> dict[str, ChangeOwnership]:
     """The `{path: {mode, owner, group}}` body of /files/permissions and /directories,
     every entry checked (a bad mode refuses the request) before anything changes."""
     _nonempty(body)
@@ -90,7 +91,7 @@ def _ownership_changes(body: dict[str, Permission]) -> dict[str, ChangeOwnership
 
 
 @router.post("/files/permissions")
-async def set_permissions(fs: Files, body: Annotated[dict[str, Permission], Body()]
+async def set_permissions(fs: Files, body: Annotated[dict[Text, Permission], Body()]
                           ) -> Response:
     for path, change in _ownership_changes(body).items():
         await fs.set_ownership(path, change)
@@ -109,7 +110,8 @@ async def move_files(fs: Files, body: Annotated[list[RenameItem], Body()]) -> Re
 
 
 @router.get("/files/search")
-async def search_files(fs: Files, path: str = "", pattern: str = "") -> JSONResponse:
+async def search_files(fs: Files, path: Annotated[Text, Query()] = "",
+                       pattern: Annotated[Text, Query()] = "") -> JSONResponse:
     if not path:
         raise MissingQuery("path")
     try:
@@ -121,7 +123,7 @@ async def search_files(fs: Files, path: str = "", pattern: str = "") -> JSONResp
 
 
 @router.post("/files/replace")
-async def replace_content(fs: Files, body: Annotated[dict[str, ReplaceItem], Body()],
+async def replace_content(fs: Files, body: Annotated[dict[Text, ReplaceItem], Body()],
                           verbose: bool = False) -> Response:
     _nonempty(body)
     for path, item in body.items():
@@ -142,7 +144,7 @@ async def upload_files(fs: Files, request: Request) -> Response:
 
 
 @router.get("/files/download")
-async def download_file(fs: Files, request: Request, path: str = "",
+async def download_file(fs: Files, request: Request, path: Annotated[Text, Query()] = "",
                         offset: str | None = None, limit: str | None = None) -> Response:
     if not path:
         raise MissingQuery("path")
@@ -152,8 +154,8 @@ async def download_file(fs: Files, request: Request, path: str = "",
 
 
 @router.get("/directories/list")
-async def list_directory(fs: Files, path: str = "", depth: str | None = None
-                         ) -> JSONResponse:
+async def list_directory(fs: Files, path: Annotated[Text, Query()] = "",
+                         depth: str | None = None) -> JSONResponse:
     if not path:
         raise MissingQuery("path")
     levels = 1
@@ -171,7 +173,7 @@ async def list_directory(fs: Files, path: str = "", depth: str | None = None
 
 
 @router.post("/directories")
-async def make_directories(fs: Files, body: Annotated[dict[str, Permission], Body()]
+async def make_directories(fs: Files, body: Annotated[dict[Text, Permission], Body()]
                            ) -> Response:
     for path, change in _ownership_changes(body).items():
         await fs.make_dirs(path, change)

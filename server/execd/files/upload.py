@@ -33,6 +33,7 @@ from opensandbox_emulator.runtimes.filesystem import (
 )
 from opensandbox_emulator.server.errors import ApiError
 from opensandbox_emulator.server.execd.files.common import ownership
+from opensandbox_emulator.server.inputs import NUL
 
 METADATA_LIMIT = 1024 * 1024
 
@@ -71,6 +72,9 @@ def parse_metadata(raw_bytes: bytes) -> Metadata:
         raise InvalidFileMetadata("invalid metadata format. path must be a string")
     if not path:
         raise InvalidFileMetadata("metadata path is empty")
+    for key in ("path", "owner", "group"):
+        if isinstance(raw.get(key), str) and NUL in raw[key]:
+            raise InvalidFileMetadata(f"metadata {key} must not contain a NUL byte (\\u0000)")
     mode = raw.get("mode")
     if mode is not None and (isinstance(mode, bool) or not isinstance(mode, int)):
         raise InvalidFileMetadata(f"invalid metadata format. mode must be an integer of octal "
