@@ -10,6 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from opensandbox_emulator.server.access.proxy import PROXY_PATH
 from opensandbox_emulator.server.errors import InvalidApiKey, MissingApiKey, send_error
+from opensandbox_emulator.server.unexpected import REQUEST_ID_KEY
 
 EXEMPT_PREFIXES = ("/health", "/docs", "/redoc", "/openapi.json")
 
@@ -29,6 +30,7 @@ class RequestIdMiddleware:
             if key.lower() == b"x-request-id":
                 request_id = value.decode("latin-1")
         request_id = request_id or str(uuid.uuid4())  # the spec says format: uuid
+        scope[REQUEST_ID_KEY] = request_id  # for the log line of an unexpected error
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
