@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from opensandbox_emulator import __version__
@@ -30,13 +29,19 @@ from opensandbox_emulator.server.control.backend import EmulatorControl
 from opensandbox_emulator.server.control.clock import MovableClock
 from opensandbox_emulator.server.control.routes import router as control_router
 from opensandbox_emulator.server.control.tap import ControlTap
+from opensandbox_emulator.server.cors import LifecycleCors
 from opensandbox_emulator.server.errors import LIFECYCLE_API
 from opensandbox_emulator.server.execd.app import create_execd_app
 from opensandbox_emulator.server.execd.sandbox import ExecdHub
 from opensandbox_emulator.server.handlers import install_error_handlers
+from opensandbox_emulator.server.hosts import AllowedHosts, HostCheck
 from opensandbox_emulator.server.lifecycle.routes import router as lifecycle_router
 from opensandbox_emulator.server.lifecycle.service import SandboxService
+from opensandbox_emulator.server.methods import install_options
 from opensandbox_emulator.server.middleware import ApiKeyMiddleware, RequestIdMiddleware
+from opensandbox_emulator.server.shutdown import SCOPE_KEY as SHUTDOWN_KEY
+from opensandbox_emulator.server.shutdown import Shutdown
+from opensandbox_emulator.server.unexpected import UnexpectedErrors
 
 log = logging.getLogger("opensandbox")
 
@@ -80,12 +85,21 @@ class OpenSandboxServer:
         # of both listeners that journals every request and applies fault rules.
         self.control = (EmulatorControl(self.service, movable, config.control)
                         if movable is not None else None)
+        self.shutdown = Shutdown()
         self.lifecycle = self._lifecycle_app()
-        self._lifecycle_stack: ASGIApp = RequestIdMiddleware(
-            ApiKeyMiddleware(self.lifecycle, config.server.api_key))
-        self._entry: ASGIApp = self._route
+        self._lifecycle_stack: ASGIApp = RequestIdMiddleware(ApiKeyMiddleware(
+            LifecycleCors(self.lifecycle, config.server.cors_origins), config.server.api_key))
+        entry: ASGIApp = self._route
         if self.control is not None:
-            self._entry = ControlTap(self._route, self.control, config.gateway.port)
+            entry = ControlTap(self._route, self.control, config.gateway.port)
+        # The Host check comes first: the control API obeys it like every other door.
+        self._entry: ASGIApp = UnexpectedErrors(HostCheck(entry,
+                                                          AllowedHosts.from_config(config)))
+
+    def begin_shutdown(self) -> None:
+        """The server is stopping: open streams end now (see `shutdown.py`). Idempotent;
+        the lifespan's shutdown calls it too."""
+        self.shutdown.begin()
 
     def _lifecycle_app(self) -> FastAPI:
         @asynccontextmanager
@@ -96,6 +110,7 @@ class OpenSandboxServer:
             try:
                 yield
             finally:
+                self.begin_shutdown()
                 await self.service.close()
                 await self.access.dispatcher.close()
 
@@ -104,8 +119,6 @@ class OpenSandboxServer:
         app.state.service = self.service
         app.state.access = self.access
         install_error_handlers(app, LIFECYCLE_API)
-        app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"],
-                           allow_headers=["*"], expose_headers=["*"])
         app.include_router(lifecycle_router)
         app.include_router(lifecycle_router, prefix="/v1")
         app.router.routes.extend(proxy_routes(self.access.dispatcher))
@@ -116,11 +129,15 @@ class OpenSandboxServer:
         @app.get("/health", tags=["health"])
         async def health() -> dict[str, Any]:
             return {"status": "healthy", "runtime": self.runtime.name,
-                    **self.runtime.health(), "warnings": self.runtime.warnings}
+                    **self.runtime.health(), "warnings": self.runtime.warnings,
+                    "finished_command_logs": self.access.hub.finished_logs.report()}
 
+        install_options(app)
         return app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope[SHUTDOWN_KEY] = self.shutdown
         await self._entry(scope, receive, send)
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -9,6 +9,7 @@ import logging
 import socket
 import sys
 
+from opensandbox_emulator.server.api_key import with_api_key
 from opensandbox_emulator.server.config import Config, ConfigError, load, validate
 
 
@@ -21,17 +22,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, help="lifecycle API port (server.port)")
     parser.add_argument("--gateway-port", type=int, help="sandbox gateway port (gateway.port)")
     parser.add_argument("--runtime", choices=["fake", "docker"], help="runtime.type")
-    parser.add_argument("--api-key", help="require this OPEN-SANDBOX-API-KEY (server.api_key)")
+    parser.add_argument("--api-key", help="require this OPEN-SANDBOX-API-KEY (visible to other "
+                        "local processes: prefer $OPENSANDBOX_API_KEY or server.api_key_file)")
     parser.add_argument("--log-level", help="server.log_level")
     parser.add_argument("--control", action="store_true",
                         help="serve the control API for tests at /_emulator/ (control.enabled)")
     return parser.parse_args(argv)
 
 
-def build_config(args: argparse.Namespace) -> Config:
+def build_config(args: argparse.Namespace) -> tuple[Config, list[str]]:
+    """The effective configuration, and warnings to print about how it was given."""
     config = load(args.config)
-    overrides = {"host": args.host, "port": args.port, "api_key": args.api_key,
-                 "log_level": args.log_level}
+    overrides = {"host": args.host, "port": args.port, "log_level": args.log_level}
     server = {k: v for k, v in overrides.items() if v is not None}
     if server:
         config = config.replace("server", **server)
@@ -41,8 +43,9 @@ def build_config(args: argparse.Namespace) -> Config:
         config = config.replace("gateway", port=args.gateway_port)
     if args.control:
         config = config.replace("control", enabled=True)
+    config, warnings = with_api_key(config, flag=args.api_key)
     validate(config)
-    return config
+    return config, warnings
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -59,10 +62,12 @@ def bind(host: str, port: int) -> socket.socket:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        config = build_config(parse_args(argv))
+        config, warnings = build_config(parse_args(argv))
     except ConfigError as error:
         print(f"opensandbox-emulator: configuration error: {error}", file=sys.stderr)
         return 2
+    for warning in warnings:
+        print(f"opensandbox-emulator: warning: {warning}", file=sys.stderr, flush=True)
     level = config.server.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -80,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from opensandbox_emulator.server.app import create_app
+    from opensandbox_emulator.server.serving import StoppingServer
 
     if config.runtime.type == "fake":
         from opensandbox_emulator.runtimes.fake.launch import become_subreaper
@@ -91,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{config.gateway.port}", flush=True)
     # proxy_headers=False: uvicorn would otherwise replace the peer address with a loopback
     # client's X-Forwarded-For, and the sandbox proxy could no longer append the real peer.
-    server = uvicorn.Server(uvicorn.Config(app, log_level=level.lower(), lifespan="on",
+    server = StoppingServer(uvicorn.Config(app, log_level=level.lower(), lifespan="on",
                                            access_log=level == "DEBUG", proxy_headers=False,
                                            timeout_graceful_shutdown=5))
     asyncio.run(server.serve(sockets=[lifecycle_socket, gateway_socket]))

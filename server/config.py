@@ -34,6 +34,14 @@ class ServerSection:
     max_sandbox_timeout_seconds: int = 86400
     # Upstream HEAD: the host put in endpoints (overrides the request's Host).
     eip: str = ""
+    # Ours: a file holding the API key (its first line), so the key is not on a command
+    # line; OPENSANDBOX_API_KEY in the environment works too. See `api_keys.py`.
+    api_key_file: str = ""
+    # Ours: origins that may call the Lifecycle API from a browser (CORS); empty: none.
+    cors_origins: list[str] = field(default_factory=list)
+    # Ours: Host header values accepted besides loopback names and the configured ones
+    # (against DNS rebinding; see `hosts.py`). "*" accepts any host (behind a proxy).
+    allowed_hosts: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,9 @@ class ExecdSection:
     max_finished_commands: int = 1000
     finished_command_ttl_seconds: int = 3600
     interrupt_grace_seconds: float = 3.0
+    # All finished commands' logs together, across sandboxes; the oldest are forgotten
+    # first past it (see `commands/budget.py`).
+    finished_logs_budget_bytes: int = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -189,6 +200,9 @@ def from_mapping(data: dict[str, Any]) -> Config:
             values[attr] = _check(value, hints[attr], f"{name}.{key}")
         sections[name] = section_type(**values)
     config = Config(**sections)
+    if config.server.api_key.strip() and config.server.api_key_file:
+        raise ConfigError("server.api_key_file: set either server.api_key or "
+                          "server.api_key_file, not both")
     validate(config)
     return config
 
@@ -211,6 +225,15 @@ def validate(config: Config) -> None:
         raise ConfigError("execd.log_buffer_bytes: must be at least 1024")
     if config.control.journal_size < 1:
         raise ConfigError("control.journal_size: must be at least 1")
+    if config.execd.finished_logs_budget_bytes < config.execd.log_buffer_bytes:
+        raise ConfigError("execd.finished_logs_budget_bytes: must be at least "
+                          f"execd.log_buffer_bytes ({config.execd.log_buffer_bytes}), so that "
+                          "the newest finished command always fits")
+    for i, origin in enumerate(config.server.cors_origins):
+        if origin != "*" and ("://" not in origin or origin.endswith("/")):
+            raise ConfigError(f"server.cors_origins[{i}]: {origin!r} is not an origin; write "
+                              "scheme://host[:port] with no path, e.g. "
+                              "\"http://localhost:3000\"")
     if config.server.log_level.upper() not in ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"):
         raise ConfigError(f"server.log_level: {config.server.log_level!r} is not a log level")
 

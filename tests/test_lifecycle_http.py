@@ -437,7 +437,7 @@ def test_host_paths_must_sit_under_the_allowlist_after_resolving_symlinks(
 
 def test_api_key_is_required_when_configured(
         start_server: Callable[..., ServerProcess]) -> None:
-    server = start_server(server={"api_key": "k"})
+    server = start_server(server={"api_key": "k", "cors_origins": ["http://localhost:3000"]})
     with server.client() as client:
         missing = client.get("/v1/sandboxes")
         body = assert_error(missing, 401, "MISSING_API_KEY", "OPEN-SANDBOX-API-KEY")
@@ -459,8 +459,7 @@ def test_api_key_is_required_when_configured(
             "Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
             "Access-Control-Request-Headers": "open-sandbox-api-key,content-type"})
         assert preflight.status_code == 200, preflight.text
-        assert preflight.headers["access-control-allow-origin"] in ("*",
-                                                                    "http://localhost:3000")
+        assert preflight.headers["access-control-allow-origin"] == "http://localhost:3000"
         assert_error(client.options("/v1/sandboxes"), 401, "MISSING_API_KEY")
 
 

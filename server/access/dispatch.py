@@ -28,11 +28,14 @@ from opensandbox_emulator.server.errors import (
 from opensandbox_emulator.server.execd.sandbox import SCOPE_KEY, ExecdHub
 from opensandbox_emulator.server.failures import api_error
 from opensandbox_emulator.server.lifecycle.service import SandboxService
+from opensandbox_emulator.server.shutdown import SCOPE_KEY as SHUTDOWN_KEY
+from opensandbox_emulator.server.unexpected import REQUEST_ID_KEY
 
 EXECD_PORT = 44772
 TOKEN_HEADER = "x-execd-access-token"
 ASGI_CONNECTION_KEYS = {"type", "asgi", "http_version", "method", "scheme", "server", "client",
-                        "headers", "query_string", "subprotocols", "extensions", "state"}
+                        "headers", "query_string", "subprotocols", "extensions", "state",
+                        REQUEST_ID_KEY, SHUTDOWN_KEY}
 
 
 class Dispatcher:

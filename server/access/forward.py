@@ -31,6 +31,8 @@ from opensandbox_emulator.server.access.connections import (
     SandboxTransport,
 )
 from opensandbox_emulator.server.errors import BadGateway, send_error
+from opensandbox_emulator.server.shutdown import MESSAGE as SHUTDOWN_MESSAGE
+from opensandbox_emulator.server.shutdown import shutdown_of
 from opensandbox_emulator.tasks import until_first_ends
 
 log = logging.getLogger("opensandbox.access")
@@ -44,6 +46,7 @@ STRIPPED_REQUEST = {"host", "open-sandbox-api-key"}
 # Response headers the front server (uvicorn) sets itself; copying the sandbox's too would
 # send each twice. Like nginx, the proxy's own win.
 STRIPPED_RESPONSE = {"date", "server"}
+GOING_AWAY = 1001  # the WebSocket close code of a server that is stopping
 WEBSOCKET_HANDSHAKE = {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
                        "sec-websocket-protocol", "sec-websocket-accept"}
 
@@ -162,7 +165,10 @@ class HttpForwarder:
                              f"{error or type(error).__name__}. Is a server listening on that "
                              "port inside the sandbox?") from error
         try:
-            await _race(self._relay(response, send), _client_left(body_read, receive))
+            # A stopping server cuts the response (the client sees it cut short): the
+            # sandbox behind it is about to go.
+            await _race(self._relay(response, send), _client_left(body_read, receive),
+                        shutdown_of(scope).wait())
         finally:
             await response.aclose()
 
@@ -196,17 +202,17 @@ async def _client_left(body_read: asyncio.Event, receive: Receive) -> None:
         pass
 
 
-async def _race(work: Awaitable[None], stop: Awaitable[None]) -> None:
-    """Run `work` until it finishes or `stop` does; errors of `work` propagate."""
+async def _race(work: Awaitable[None], *stops: Awaitable[None]) -> None:
+    """Run `work` until it finishes or one of `stops` does; errors of `work` propagate."""
     work_task = asyncio.ensure_future(work)
-    stop_task = asyncio.ensure_future(stop)
+    stop_tasks = [asyncio.ensure_future(stop) for stop in stops]
     try:
-        await asyncio.wait({work_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({work_task, *stop_tasks}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (work_task, stop_task):
+        for task in (work_task, *stop_tasks):
             if not task.done():
                 task.cancel()
-        for task in (stop_task, work_task):
+        for task in (*stop_tasks, work_task):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
@@ -277,8 +283,13 @@ async def forward_websocket(scope: Scope, receive: Receive, send: Send, *, conne
             await send({"type": "websocket.close", "code": _sendable(upstream.close_code),
                         "reason": upstream.close_reason or ""})
 
+    async def server_stopping() -> None:
+        await shutdown_of(scope).wait()
+        with contextlib.suppress(Exception):
+            await send({"type": "websocket.close", "code": GOING_AWAY, "reason": SHUTDOWN_MESSAGE})
+
     try:
-        await until_first_ends(client_to_upstream(), upstream_to_client())
+        await until_first_ends(client_to_upstream(), upstream_to_client(), server_stopping())
     finally:
         await upstream.close()
 

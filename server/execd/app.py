@@ -13,6 +13,7 @@ from opensandbox_emulator.server.execd.files import router as files_router
 from opensandbox_emulator.server.execd.pty.routes import router as pty_router
 from opensandbox_emulator.server.execd.sessions.routes import router as sessions_router
 from opensandbox_emulator.server.handlers import install_error_handlers
+from opensandbox_emulator.server.methods import install_options
 
 
 class JsonByDefault:
@@ -44,4 +45,5 @@ def create_execd_app() -> FastAPI:
     app.include_router(pty_router)
     app.include_router(code_router)
     app.include_router(unsupported.router)
+    install_options(app)
     return app

@@ -12,7 +12,8 @@ text field must never hold a raw newline; JSON escaping sees to that.
 `EventStreamResponse` sends a stream of events with upstream's headers, adds the keep-alive
 `ping` (at once after the first event, `init`, then every 3 s), and stops reading its
 source when the client goes away: the source decides what that means (a command keeps
-running; only the stream ends).
+running; only the stream ends). When the server stops, an open stream ends at once with
+an `error` event (`ServerStopping`) as its terminal event.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from opensandbox_emulator.server.clock import Clock, epoch_ms
+from opensandbox_emulator.server.shutdown import MESSAGE as SHUTDOWN_MESSAGE
+from opensandbox_emulator.server.shutdown import Shutdown, shutdown_of
 
 PING_INTERVAL_SECONDS = 3.0
 
@@ -130,6 +133,15 @@ def error_event(ename: str, evalue: str, traceback: Sequence[str], timestamp: in
     return Event("error", timestamp, error=EventError(ename, evalue, tuple(traceback)))
 
 
+STOPPING_ENAME = "ServerStopping"
+
+
+def stopping_event(timestamp: int) -> Event:
+    """The terminal event of a stream that the server's shutdown ends."""
+    return error_event(STOPPING_ENAME, f"{SHUTDOWN_MESSAGE}: this stream ends before its "
+                       "work did (the sandbox's processes stop with the server)", [], timestamp)
+
+
 # --- the streaming response ----------------------------------------------------------------
 
 
@@ -164,7 +176,7 @@ class EventStreamResponse(Response):
         self.raw_headers = list(STREAM_HEADERS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        streaming = asyncio.ensure_future(self._stream(send))
+        streaming = asyncio.ensure_future(self._stream(send, shutdown_of(scope)))
         listening = asyncio.ensure_future(_wait_for_disconnect(receive))
         try:
             await asyncio.wait({streaming, listening}, return_when=asyncio.FIRST_COMPLETED)
@@ -178,19 +190,26 @@ class EventStreamResponse(Response):
             if error is not None and not isinstance(error, OSError):
                 raise error
 
-    async def _stream(self, send: Send) -> None:
+    async def _stream(self, send: Send, shutdown: Shutdown) -> None:
         await send({"type": "http.response.start", "status": 200,
                     "headers": self.raw_headers})
         loop = asyncio.get_running_loop()
         items = aiter(self.source)
         pending: asyncio.Future[Event | bytes] | None = None
+        stopping = asyncio.ensure_future(shutdown.wait())
         next_ping: float | None = None  # None until `init` went out
         try:
             while True:
                 if pending is None:
                     pending = asyncio.ensure_future(anext(items))
                 timeout = None if next_ping is None else max(next_ping - loop.time(), 0)
-                done, _ = await asyncio.wait({pending}, timeout=timeout)
+                done, _ = await asyncio.wait({pending, stopping}, timeout=timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if stopping in done and pending not in done:
+                    # The server is stopping: end the stream with a terminal event that
+                    # says so, rather than have it cut off mid-way.
+                    await self._send(send, stopping_event(epoch_ms(self.clock.now())))
+                    break
                 if not done:
                     await self._send(send, ping_event(epoch_ms(self.clock.now())))
                     next_ping = loop.time() + self.ping_interval
@@ -206,6 +225,7 @@ class EventStreamResponse(Response):
                     await self._send(send, ping_event(epoch_ms(self.clock.now())))
                     next_ping = loop.time() + self.ping_interval
         finally:
+            stopping.cancel()
             if pending is not None:
                 pending.cancel()
                 with contextlib.suppress(BaseException):

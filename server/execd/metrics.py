@@ -3,17 +3,19 @@
 The runtime measures (the fake runtime: the sandbox's own processes against the host's
 totals; Docker: container stats), without blocking the event loop. `/metrics/watch` writes
 one JSON object and a single `\\n` about every second (upstream's framing: no `data:`), until
-the client leaves; a failed sample is written as `{"error": "…"}` and the stream goes on.
+the client leaves or the server stops; a failed sample is written as `{"error": "…"}` and
+the stream goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import JSONResponse, StreamingResponse
 
 from opensandbox_emulator.runtimes.failures import RuntimeFailure, SandboxMissing
@@ -21,6 +23,7 @@ from opensandbox_emulator.server.clock import epoch_ms
 from opensandbox_emulator.server.errors import EXECD_API
 from opensandbox_emulator.server.execd.sandbox import ExecdSandbox, current_sandbox
 from opensandbox_emulator.server.failures import api_error
+from opensandbox_emulator.server.shutdown import shutdown_of
 
 router = APIRouter(tags=["metrics"])
 
@@ -47,10 +50,13 @@ async def metrics(sandbox: ExecdSandbox = Depends(current_sandbox)) -> JSONRespo
 
 
 @router.get("/metrics/watch")
-async def watch_metrics(sandbox: ExecdSandbox = Depends(current_sandbox)  # noqa: B008
+async def watch_metrics(request: Request,
+                        sandbox: ExecdSandbox = Depends(current_sandbox)  # noqa: B008
                         ) -> StreamingResponse:
+    shutdown = shutdown_of(request.scope)
+
     async def frames() -> AsyncIterator[bytes]:
-        while True:
+        while not shutdown.begun:
             started = asyncio.get_running_loop().time()
             try:
                 body: dict[str, Any] = await sample(sandbox)
@@ -60,6 +66,9 @@ async def watch_metrics(sandbox: ExecdSandbox = Depends(current_sandbox)  # noqa
                 body = {"error": error.message}
             yield json.dumps(body, separators=(",", ":")).encode() + b"\n"
             spent = asyncio.get_running_loop().time() - started
-            await asyncio.sleep(max(WATCH_INTERVAL_SECONDS - spent, 0.05))
+            # Sleep until the next sample, or until the server stops (the stream ends).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(shutdown.wait(),
+                                       timeout=max(WATCH_INTERVAL_SECONDS - spent, 0.05))
 
     return StreamingResponse(frames(), media_type="text/event-stream", headers=STREAM_HEADERS)

@@ -16,6 +16,7 @@ from starlette.requests import HTTPConnection
 from opensandbox_emulator.runtimes.base import Runtime
 from opensandbox_emulator.server.clock import Clock, IdGenerator
 from opensandbox_emulator.server.config import ExecdSection
+from opensandbox_emulator.server.execd.commands.budget import FinishedLogs
 
 SCOPE_KEY = "opensandbox.execd"
 
@@ -27,12 +28,14 @@ class ExecdSandbox:
     lazily with `part()`, and their `close()` runs when the sandbox goes away."""
 
     def __init__(self, sandbox_id: str, runtime: Runtime, config: ExecdSection, clock: Clock,
-                 ids: IdGenerator):
+                 ids: IdGenerator, *, finished_logs: FinishedLogs | None = None):
         self.sandbox_id = sandbox_id
         self.runtime = runtime
         self.config = config
         self.clock = clock
         self.ids = ids
+        # The server-wide budget for finished commands' logs (the hub's), or one of its own.
+        self.finished_logs = finished_logs or FinishedLogs(config.finished_logs_budget_bytes)
         self.access_token = secrets.token_urlsafe(24) if config.access_token else None
         self._parts: dict[str, Any] = {}
 
@@ -58,12 +61,14 @@ class ExecdHub:
         self.config = config
         self.clock = clock
         self.ids = ids
+        self.finished_logs = FinishedLogs(config.finished_logs_budget_bytes)
         self._sandboxes: dict[str, ExecdSandbox] = {}
 
     def get(self, sandbox_id: str) -> ExecdSandbox:
         sandbox = self._sandboxes.get(sandbox_id)
         if sandbox is None:
-            sandbox = ExecdSandbox(sandbox_id, self.runtime, self.config, self.clock, self.ids)
+            sandbox = ExecdSandbox(sandbox_id, self.runtime, self.config, self.clock, self.ids,
+                                   finished_logs=self.finished_logs)
             self._sandboxes[sandbox_id] = sandbox
         return sandbox
 

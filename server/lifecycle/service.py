@@ -98,10 +98,12 @@ class SandboxService:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
+        count = len(self._records)
         for sandbox_id in list(self._records):
             await self._notify_removing(sandbox_id)
         await self.runtime.close()
         self._records.clear()
+        log.info("stopped: the runtime released its %d sandbox(es)", count)
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -292,9 +294,17 @@ class SandboxService:
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         when = when.astimezone(UTC)
-        if when <= self.clock.now():
+        now = self.clock.now()
+        if when <= now:
             raise InvalidExpiration(f"New expiration time must be in the future (got "
-                                    f"{rfc3339(when)}, now is {rfc3339(self.clock.now())}).")
+                                    f"{rfc3339(when)}, now is {rfc3339(now)}).")
+        longest = self.config.server.max_sandbox_timeout_seconds
+        latest = now + timedelta(seconds=longest)
+        if when > latest:
+            # The cap of create's `timeout`, so that renewing cannot outlive it.
+            raise InvalidExpiration(f"expiresAt {rfc3339(when)} is more than {longest} seconds "
+                                    "([server] max_sandbox_timeout_seconds) from now; the "
+                                    f"latest allowed now is {rfc3339(latest)}.")
         record.expires_at = when
         await self.runtime.set_expiry(sandbox_id, when)
         self._wake.set()

@@ -110,7 +110,7 @@ async def serve_in_process(workdir: Path, config: Config | None = None, *,
     app = create_app(config, runtime=runtime, clock=clock, ids=ids)
     transport = httpx.ASGITransport(app=app)
     async with app.lifecycle.router.lifespan_context(app.lifecycle), \
-            httpx.AsyncClient(transport=transport, base_url="http://emulator",
+            httpx.AsyncClient(transport=transport, base_url="http://localhost",
                               timeout=60) as client:
         yield InProcess(app, client, runtime, clock, ids, state_dir)
 

@@ -2,9 +2,10 @@
 
 Upstream keeps every command forever. We keep finished commands up to `[execd]
 max_finished_commands` per sandbox and for `[execd] finished_command_ttl_seconds` after
-they end, oldest dropped first; after that their id answers 404. Running commands are
-never dropped. The registry is a part of the sandbox's `ExecdSandbox`: when the sandbox is
-deleted or expires, `close()` kills every command it still runs.
+they end, oldest dropped first, and while their logs fit the server-wide budget of
+`budget.py`; after that their id answers 404. Running commands are never dropped. The
+registry is a part of the sandbox's `ExecdSandbox`: when the sandbox is deleted or
+expires, `close()` kills every command it still runs.
 """
 
 from __future__ import annotations
@@ -64,6 +65,15 @@ class CommandRegistry:
         if self._commands.get(command.id) is command:
             self._finished[command.id] = self.sandbox.clock.monotonic()
             self._prune()
+            if command.id in self._finished:
+                self.sandbox.finished_logs.add(command, self)
+
+    def evict(self, command: Command) -> None:
+        """Forget a finished command (the server-wide log budget needs its room)."""
+        if self._commands.get(command.id) is command:
+            del self._commands[command.id]
+            self._finished.pop(command.id, None)
+            command.forget()
 
     def _prune(self) -> None:
         config = self.sandbox.config
@@ -76,6 +86,7 @@ class CommandRegistry:
             del self._finished[command_id]
             command = self._commands.pop(command_id, None)
             if command is not None:
+                self.sandbox.finished_logs.discard(command)
                 command.forget()
 
     def __len__(self) -> int:
@@ -86,6 +97,8 @@ class CommandRegistry:
         commands = list(self._commands.values())
         self._commands.clear()
         self._finished.clear()
+        for command in commands:
+            self.sandbox.finished_logs.discard(command)
         await asyncio.gather(*(command.close() for command in commands))
 
 

@@ -245,6 +245,11 @@ class Command:
         return self.spec.background
 
     @property
+    def held_bytes(self) -> int:
+        """Bytes of output this command holds in memory."""
+        return self.log.held
+
+    @property
     def running(self) -> bool:
         return not self.done.is_set()
 
@@ -345,6 +350,7 @@ class Command:
     def _finish(self, *, exit_code: int, error: str | None) -> None:
         self.exit_code = exit_code
         self.error = error
+        self.log.compact()
         self.finished_at_ns = now_ns(self.clock)
         self.execution_time_ms = int((self.clock.monotonic() - self._started_mono) * 1000)
         stamp = epoch_ms(self.clock.now())
