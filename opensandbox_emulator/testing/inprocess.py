@@ -80,10 +80,12 @@ class InProcessEmulator(EmulatorClient):
         import uvicorn
 
         from opensandbox_emulator.server.app import create_app
+        from opensandbox_emulator.server.serving import StoppingServer
 
         self.app = create_app(self.config)
-        # log_config=None: leave the test process's logging as it is.
-        self._server = uvicorn.Server(uvicorn.Config(
+        # log_config=None: leave the test process's logging as it is. StoppingServer: open
+        # streams end at once when it stops, as the command-line server's do.
+        self._server = StoppingServer(uvicorn.Config(
             self.app, lifespan="on", log_config=None, access_log=False, proxy_headers=False,
             timeout_graceful_shutdown=5))
         self._failure: BaseException | None = None
