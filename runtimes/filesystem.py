@@ -21,6 +21,7 @@ from opensandbox_emulator.runtimes.failures import (
     InvalidArgument,
     NotADirectory,
     NulInArgument,
+    PathTooLong,
     SymlinkRefused,
     UnknownGroup,
     UnknownUser,
@@ -124,6 +125,18 @@ def check_mode(mode: int | None) -> None:
     if mode is not None and not 0 <= mode <= 0o7777:
         raise InvalidArgument(f"mode {oct(mode)} is out of range (0 to 7777 octal)",
                               field="mode")
+
+
+NAME_MAX = 255  # bytes in one name, as Linux takes it
+PATH_MAX = 4095  # bytes in a whole path
+
+
+def check_length(path: str) -> None:
+    """Refuse a path that no Linux system call takes (`ENAMETOOLONG`), whatever the
+    runtime: one name over 255 bytes, or more than 4095 bytes in all."""
+    encoded = path.encode("utf-8", "surrogateescape")
+    if len(encoded) > PATH_MAX or any(len(name) > NAME_MAX for name in encoded.split(b"/")):
+        raise PathTooLong(path)
 
 
 def check_replacement(old: bytes) -> None:
@@ -240,7 +253,9 @@ class SandboxFilesystem(ABC):
             raise NulInArgument("path")
         if path == "~" or path.startswith("~/"):
             path = self.home.rstrip("/") + path[1:]
-        return "/" + "/".join(part for part in path.split("/") if part)
+        absolute = "/" + "/".join(part for part in path.split("/") if part)
+        check_length(absolute)
+        return absolute
 
     def display(self, path: str) -> str:
         """The absolute, lexically cleaned form replies show (as upstream's `filepath.Abs`)."""

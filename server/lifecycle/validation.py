@@ -13,6 +13,8 @@ import re
 import shlex
 
 from opensandbox_emulator.runtimes.base import VolumeMount
+from opensandbox_emulator.runtimes.failures import PathTooLong
+from opensandbox_emulator.runtimes.filesystem import check_length
 from opensandbox_emulator.server.errors import InvalidMetadataLabel, InvalidParameter, VolumeError
 from opensandbox_emulator.server.lifecycle.models import CreateSandboxRequest, VolumeSpec
 
@@ -134,6 +136,11 @@ def check_volumes(volumes: list[VolumeSpec] | None, allowed: list[str]) -> list[
         if mount_path == "/":
             raise VolumeError(f"Volume '{volume.name}': mountPath cannot be '/'.",
                               code="VOLUME::INVALID_MOUNT_PATH")
+        try:
+            check_length(mount_path)
+        except PathTooLong as error:
+            raise VolumeError(f"Volume '{volume.name}': mountPath is too long ({error.message}).",
+                              code="VOLUME::INVALID_MOUNT_PATH") from error
         sub = _check_sub_path(volume)
         if volume.host is not None:
             source = _check_host_path(volume, sub, allowed)

@@ -91,3 +91,19 @@ def remove_docker_sandboxes(instance: str) -> None:
 def docker_host_dir(server: ServerProcess) -> Path:
     """A scratch directory for host volumes of the `docker_server` fixture's server."""
     return server.config_path.parent / "host"
+
+
+def containers_of(server: ServerProcess) -> set[str]:
+    """Ids of the containers (any state) labelled with `server`'s `[docker] instance`."""
+    import tomllib
+
+    import docker
+
+    with open(server.config_path, "rb") as handle:
+        instance = tomllib.load(handle)["docker"]["instance"]
+    client = docker.from_env(timeout=30)
+    try:
+        return {container.id for container in client.containers.list(
+            all=True, filters={"label": f"opensandbox.io/instance={instance}"})}
+    finally:
+        client.close()

@@ -90,11 +90,13 @@ class ServerProcess:
 
 def launch(sections: dict[str, dict[str, Any]], workdir: Path, *,
            python: str = sys.executable, cwd: Path = ROOT,
-           prefix: list[str] | None = None) -> ServerProcess:
+           prefix: list[str] | None = None, args: list[str] | None = None,
+           env: dict[str, str] | None = None) -> ServerProcess:
     """A server configured by `sections` on top of loopback, kernel-picked ports and a
     state directory in `workdir`, once its `/health` answers. It runs `python -m
     opensandbox_emulator` of `python` (by default this interpreter, whose environment holds
-    the project's editable install) in `cwd`, behind `prefix` (`setpriv …`, say)."""
+    the project's editable install) in `cwd`, behind `prefix` (`setpriv …`, say), with
+    `args` after `--config` and `env` on top of this process's environment."""
     merged: dict[str, dict[str, Any]] = {
         "server": {"host": "127.0.0.1", "port": 0, "log_level": "INFO"},
         "gateway": {"port": 0},
@@ -107,8 +109,10 @@ def launch(sections: dict[str, dict[str, Any]], workdir: Path, *,
     config_path = workdir / "config.toml"
     write_config(config_path, merged)
     process = subprocess.Popen(
-        [*(prefix or []), python, "-m", "opensandbox_emulator", "--config", str(config_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd)
+        [*(prefix or []), python, "-m", "opensandbox_emulator", "--config", str(config_path),
+         *(args or [])],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
+        env={**os.environ, **env} if env else None)
     output: list[str] = []
     assert process.stdout is not None
     deadline = time.monotonic() + 30
