@@ -35,7 +35,8 @@ class ExecdSandbox:
         self.clock = clock
         self.ids = ids
         # The server-wide budget for finished commands' logs (the hub's), or one of its own.
-        self.finished_logs = finished_logs or FinishedLogs(config.finished_logs_budget_bytes)
+        self.finished_logs = (finished_logs if finished_logs is not None
+                              else FinishedLogs(config.finished_logs_budget_bytes))
         self.access_token = secrets.token_urlsafe(24) if config.access_token else None
         self._parts: dict[str, Any] = {}
 
