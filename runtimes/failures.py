@@ -34,6 +34,14 @@ class StartFailed(RuntimeFailure):
     """The sandbox could not be created, or its main process could not start."""
 
 
+class EntrypointNotFound(StartFailed):
+    """The entrypoint names a program the sandbox does not have: the request's fault."""
+
+    def __init__(self, program: str, message: str):
+        super().__init__(message)
+        self.program = program
+
+
 class ImageUnavailable(RuntimeFailure):
     """The sandbox's image is not there and could not be pulled."""
 

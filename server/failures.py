@@ -20,6 +20,7 @@ from typing import Any
 
 from opensandbox_emulator.runtimes.failures import (
     CrossMountMove,
+    EntrypointNotFound,
     FileBusy,
     FileExists,
     FileNotFound,
@@ -82,6 +83,8 @@ FAILURES: dict[type[RuntimeFailure], Reply] = {
     # sandboxes
     SandboxMissing: Reply(404, "DOCKER::SANDBOX_NOT_FOUND"),
     StartFailed: Reply(500, "DOCKER::SANDBOX_START_FAILED"),
+    # Upstream's code, but the client's mistake: 400, not 500.
+    EntrypointNotFound: Reply(400, "DOCKER::SANDBOX_START_FAILED"),
     ImageUnavailable: Reply(500, "DOCKER::SANDBOX_IMAGE_PULL_FAILED"),
     QueryFailed: Reply(500, "DOCKER::SANDBOX_QUERY_FAILED"),
     PauseFailed: Reply(_refused_or_broken, "DOCKER::SANDBOX_PAUSE_FAILED"),

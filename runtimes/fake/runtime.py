@@ -40,6 +40,7 @@ from opensandbox_emulator.runtimes.base import (
     check_process_inputs,
 )
 from opensandbox_emulator.runtimes.failures import (
+    EntrypointNotFound,
     ExecutableNotFound,
     PortUnreachable,
     RuntimeFailure,
@@ -209,8 +210,11 @@ class FakeRuntime(Runtime):
         except BaseException as error:
             # Whatever went wrong, a sandbox that did not start leaves nothing behind.
             await self.destroy(spec.sandbox_id)
+            message = f"Failed to start the entrypoint: {getattr(error, 'message', error)}"
+            if isinstance(error, ExecutableNotFound):
+                raise EntrypointNotFound(error.program, message) from error
             if isinstance(error, SpawnFailed):
-                raise StartFailed(f"Failed to start the entrypoint: {error.message}") from error
+                raise StartFailed(message) from error
             raise
         sandbox.watcher = asyncio.create_task(self._watch_main(sandbox))
 

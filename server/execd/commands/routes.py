@@ -38,6 +38,8 @@ router = APIRouter(tags=["command"])
 
 Sandbox = Annotated[ExecdSandbox, Depends(current_sandbox)]
 
+INT64_MAX = 2**63 - 1  # the spec's `format: int64`
+ID_MAX = 2**32 - 2  # the largest uid or gid Linux has ((uid_t) -1 means "none")
 TAIL_CURSOR_HEADER = "EXECD-COMMANDS-TAIL-CURSOR"
 TRUNCATED_HEADER = "EXECD-COMMANDS-LOG-TRUNCATED"
 LOG_START_HEADER = "EXECD-COMMANDS-LOG-START"
@@ -51,10 +53,10 @@ class RunCommandRequest(BaseModel):
     command: StrictText = Field(min_length=1)
     cwd: StrictText | None = None
     background: StrictBool | None = False
-    timeout: StrictInt | None = Field(default=None, ge=0,
+    timeout: StrictInt | None = Field(default=None, ge=0, le=INT64_MAX,
                                       description="milliseconds; 0 or absent: no timeout")
-    uid: StrictInt | None = Field(default=None, ge=0)
-    gid: StrictInt | None = Field(default=None, ge=0)
+    uid: StrictInt | None = Field(default=None, ge=0, le=ID_MAX)
+    gid: StrictInt | None = Field(default=None, ge=0, le=ID_MAX)
     envs: dict[EnvName, StrictText] | None = None
 
 
