@@ -70,11 +70,11 @@ EXTRA_STATUSES: dict[str, dict[int, str]] = {
     "POST /files/mv": {409: "'mv … an existing destination' -> 409 FILE_ALREADY_EXISTS"},
 }
 # Every execd operation: the spec requires the token but lists no 401 (upstream answers
-# 401 too); and bad input (an empty or NUL or too long path…) is a 400 where the spec has
-# only 500 ("every bad input is a 400" in the deviation table).
+# 401 too); bad input (an empty, NUL-holding or too long path…) is a 400 where the spec has
+# only 500; and the file errors upstream HEAD gives (403, 404, 409) where the spec has none.
 EXECD_EXTRA_STATUSES = {
     401: "a missing or wrong X-EXECD-ACCESS-TOKEN is 401 (unlisted by the spec)",
-    400: "bad input is a 400, never a 500 (deviation table)",
+    400: "'a NUL byte in a command, cwd, env or path… : 500' -> 400 naming the field",
     403: "writes to read-only mounts, /proc and /dev: 403 FILE_READ_ONLY / NOT_ACCESSIBLE",
     404: "a missing file or directory is 404 FILE_NOT_FOUND (as upstream HEAD)",
     409: "a path that is a mount point or changed meanwhile: 409 FILE_BUSY",
