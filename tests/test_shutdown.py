@@ -2,8 +2,9 @@
 
 Every open command stream, through the gateway and through the proxy route, gets a
 terminal `error` event (`ServerStopping`) instead of being cut off; a `/metrics/watch`
-stream ends; the sandboxes are torn down as always; the process exits soon after that
-teardown (measured and printed; asserted only with a wide margin) and logs no traceback.
+stream ends; a terminal's WebSocket is closed; the sandboxes are torn down as always; the
+process exits soon after that teardown (measured and printed; asserted only with a wide
+margin) and logs no traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from datetime import datetime
 import httpx
 import pytest
 
+from tests.helpers.pty_client import PtyClient
+from tests.helpers.routes import ws_url
 from tests.helpers.servers import (
     EXECD_PORT,
     ServerProcess,
@@ -71,6 +74,10 @@ def test_sigterm_ends_open_streams_with_a_terminal_event(
         stream.start()
     wait_for(lambda: all(any('"init"' in line for line in s.lines) for s in commands)
              and metrics.lines, "the streams to start")
+    pty_id = httpx.post(f"{gateway}/pty", json={}, timeout=30).json()["session_id"]
+    terminal = PtyClient(ws_url(gateway) + f"/pty/{pty_id}/ws")
+    terminal.type(b"echo terminal-ready\r")
+    terminal.wait_for(b"terminal-ready")
 
     signalled = time.monotonic()
     stopping.process.terminate()
@@ -79,6 +86,10 @@ def test_sigterm_ends_open_streams_with_a_terminal_event(
     for stream in (*commands, metrics):
         stream.join(timeout=30)
         assert not stream.is_alive()
+    deadline = time.monotonic() + 30
+    while terminal.closed is None and time.monotonic() < deadline:
+        terminal._take(0.2)
+    assert terminal.closed is not None, "the terminal's WebSocket stayed open"
 
     for stream in commands:
         assert stream.error is None, stream.error

@@ -15,7 +15,7 @@ import contextlib
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, WebSocket
-from pydantic import BaseModel, ConfigDict, StrictStr
+from pydantic import BaseModel, ConfigDict
 from starlette.responses import JSONResponse, Response
 
 from opensandbox_emulator.server.errors import ApiError, error_response
@@ -31,19 +31,23 @@ from opensandbox_emulator.server.execd.pty.session import (
     ptys_of,
 )
 from opensandbox_emulator.server.execd.sandbox import ExecdSandbox, current_sandbox
+from opensandbox_emulator.server.inputs import StrictText
+from opensandbox_emulator.server.shutdown import MESSAGE as SHUTDOWN_MESSAGE
+from opensandbox_emulator.server.shutdown import shutdown_of
 
 router = APIRouter(tags=["pty"])
 
 Sandbox = Annotated[ExecdSandbox, Depends(current_sandbox)]
 HINT = "create one with POST /pty"
 RECEIVE_AFTER_CLOSE = 2.0
+GOING_AWAY = 1001  # the close code of a server that is stopping
 
 
 class CreatePtyRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    cwd: StrictStr | None = None
-    command: StrictStr | None = None
+    cwd: StrictText | None = None
+    command: StrictText | None = None
 
 
 class AlreadyConnectedError(ApiError):
@@ -110,7 +114,15 @@ async def pty_socket(websocket: WebSocket, session_id: str, sandbox: Sandbox) ->
             await client.push(protocol.error("START_FAILED", str(error)))
             await client.push(Close(1011, "start failed"))
         receiver = asyncio.create_task(_receive(websocket, session, client))
-        await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+        stopping = asyncio.create_task(shutdown_of(websocket.scope).wait())
+        await asyncio.wait({sender, receiver, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if stopping.done() and not sender.done():
+            # The server is stopping: say so, and close as a server going away does.
+            await client.push(protocol.error("SERVER_STOPPING", SHUTDOWN_MESSAGE))
+            await client.push(Close(GOING_AWAY, SHUTDOWN_MESSAGE))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(sender), RECEIVE_AFTER_CLOSE)
+        stopping.cancel()
         if sender.done():  # closed by us: the client's close answer ends the receiver
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(receiver), RECEIVE_AFTER_CLOSE)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.responses import JSONResponse, Response
 
 from opensandbox_emulator.server.execd.errors import (
@@ -30,6 +30,7 @@ from opensandbox_emulator.server.execd.sessions.bash import (
     SessionNotFound,
     sessions_of,
 )
+from opensandbox_emulator.server.inputs import StrictText
 
 router = APIRouter(tags=["session"])
 
@@ -40,14 +41,14 @@ HINT = "create one with POST /session (a deleted session is gone for good)"
 class CreateSessionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    cwd: StrictStr | None = None
+    cwd: StrictText | None = None
 
 
 class RunInSessionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    command: StrictStr = Field(min_length=1)
-    cwd: StrictStr | None = None
+    command: StrictText = Field(min_length=1)
+    cwd: StrictText | None = None
     timeout: StrictInt | None = Field(default=None, ge=0,
                                       description="milliseconds; 0 or absent: 24 hours")
 
