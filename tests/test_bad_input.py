@@ -233,3 +233,26 @@ def test_a_create_whose_mount_path_is_too_long_leaves_nothing(
     assert_error(refused, 400, "VOLUME::INVALID_MOUNT_PATH", "too long")
     assert sandboxes_on_disk(server) == before
     no_traceback(server)
+
+
+def test_a_path_a_sandbox_process_keeps_changing_is_never_a_500(
+        server: ServerProcess, execd: httpx.Client) -> None:
+    """A sandbox process turns `/tmp/flip` from a symlink into a file and back as fast as
+    it can, while the server resolves paths through it (the race once gave `EINVAL` from
+    readlink, a 500). Every answer is a 2xx or a 4xx in the error shape."""
+    flipper = execd.post("/command", json={"background": True, "timeout": 20000, "command": (
+        "mkdir -p /tmp/target && touch /tmp/target/x; end=$(($(date +%s) + 15)); "
+        "while [ $(date +%s) -lt $end ]; do ln -sfn /tmp/target /tmp/flip; rm -f /tmp/flip; "
+        ": > /tmp/flip; rm -f /tmp/flip; done")})
+    assert flipper.status_code == 200, flipper.text
+    statuses = set()
+    for _ in range(150):
+        for response in (execd.get("/files/info", params={"path": "/tmp/flip/x"}),
+                         execd.get("/files/info", params={"path": "/tmp/flip"}),
+                         execd.get("/files/download", params={"path": "/tmp/flip/x"})):
+            statuses.add(response.status_code)
+            assert response.status_code < 500, response.text
+            if response.status_code >= 400:
+                assert set(response.json()) == {"code", "message"}
+    print(f"\nstatuses seen while the path flipped: {sorted(statuses)}")
+    no_traceback(server)
