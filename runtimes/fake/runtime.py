@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 
 from opensandbox_emulator.runtimes.base import (
     DEFAULT_ENV_FILE,
+    EntrypointOutput,
     ExitStatus,
     Phase,
     ResourceUsage,
@@ -32,10 +33,13 @@ from opensandbox_emulator.runtimes.base import (
     RuntimeStatus,
     SandboxProcess,
     SandboxSpec,
+    SnapshotSpec,
     SpawnRequest,
+    StoredSnapshot,
 )
 from opensandbox_emulator.runtimes.failures import (
     ExecutableNotFound,
+    InvalidArgument,
     RuntimeFailure,
     SandboxMissing,
     SpawnFailed,
@@ -43,6 +47,7 @@ from opensandbox_emulator.runtimes.failures import (
     SubPathNotFound,
     SubPathOutside,
     Unavailable,
+    Unsupported,
     VolumeNotFound,
     VolumesUnsupported,
 )
@@ -55,16 +60,19 @@ from opensandbox_emulator.runtimes.fake.processes import (
     start_process,
     stat_fields,
 )
+from opensandbox_emulator.runtimes.fake.snapshots import SnapshotStore
 from opensandbox_emulator.runtimes.fake.terminal import (
     CONTROLLING_TERMINAL,
     PseudoTerminal,
     TerminalProcess,
 )
+from opensandbox_emulator.runtimes.output_tail import OutputTail
 
 log = logging.getLogger("opensandbox.runtime.fake")
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PIPE_LIMIT = 64 * 1024  # per-stream read buffer; past it the pipe pushes back on the writer
+ENTRYPOINT_OUTPUT_BYTES = 1024 * 1024  # the newest output of an entrypoint kept, for diagnostics
 
 
 @dataclass
@@ -80,6 +88,7 @@ class FakeSandbox:
     paused: bool = False
     watcher: asyncio.Task[None] | None = None
     cpu_sample: tuple[float, float] | None = None  # (wall seconds, cpu seconds)
+    output: OutputTail = field(default_factory=lambda: OutputTail(ENTRYPOINT_OUTPUT_BYTES))
 
 
 class FakeRuntime(Runtime):
@@ -96,6 +105,7 @@ class FakeRuntime(Runtime):
         self._bwrap: str | None = None
         self._warnings: list[str] = []
         self._sandboxes: dict[str, FakeSandbox] = {}
+        self.snapshots = SnapshotStore(self.state_dir)
 
     # --- start-up and shutdown -------------------------------------------------------------
 
@@ -172,7 +182,27 @@ class FakeRuntime(Runtime):
                                   f"'{claim_name}'.")
         return target
 
+    async def create_named_volume(self, claim_name: str, sub_path: str | None) -> None:
+        base = os.path.join(self.volumes_root, claim_name)
+        os.makedirs(base, exist_ok=True)
+        if sub_path:
+            await self.resolve_named_volume(claim_name, None)
+            target = os.path.realpath(os.path.join(base, sub_path))
+            if target.startswith(os.path.realpath(base) + "/"):
+                os.makedirs(target, exist_ok=True)
+
+    async def remove_named_volume(self, claim_name: str) -> None:
+        await asyncio.to_thread(shutil.rmtree, os.path.join(self.volumes_root, claim_name), True)
+
     async def create(self, spec: SandboxSpec) -> None:
+        if spec.platform is not None and spec.platform != ("linux", _host_arch()):
+            raise InvalidArgument(
+                f"platform {spec.platform[0]}/{spec.platform[1]} cannot be satisfied: the fake "
+                f"runtime runs sandboxes on this host, which is linux/{_host_arch()}. Leave "
+                "platform out, or ask for linux/" + _host_arch() + ".", field="platform")
+        if spec.snapshot_id is not None and not self._bwrap:
+            raise Unsupported("Restoring a snapshot needs bubblewrap isolation (a private "
+                              "root to restore into), which this server does not have.")
         directory = os.path.join(self.state_dir, "sandboxes", spec.sandbox_id)
         if self._bwrap:
             volumes = []
@@ -183,6 +213,8 @@ class FakeRuntime(Runtime):
                 volumes.append(Mount(volume.mount_path, source, volume.read_only))
             try:
                 layout = SandboxLayout.build(os.path.join(directory, "root"), volumes)
+                if spec.snapshot_id is not None:
+                    await self.snapshots.restore(spec.snapshot_id, layout.root)
             except BaseException:
                 shutil.rmtree(directory, ignore_errors=True)
                 raise
@@ -210,12 +242,14 @@ class FakeRuntime(Runtime):
 
     async def _watch_main(self, sandbox: FakeSandbox) -> None:
         assert sandbox.main is not None
-        # The entrypoint's output has nowhere to go; drain it so it never blocks on a pipe.
+
+        # The entrypoint's output is read as it comes (so it never blocks on a pipe) and its
+        # newest bytes kept for diagnostics.
         async def drain(stream: object) -> None:
             if stream is None:
                 return
-            while await stream.read(PIPE_LIMIT):  # type: ignore[attr-defined]
-                pass
+            while chunk := await stream.read(PIPE_LIMIT):  # type: ignore[attr-defined]
+                sandbox.output.write(chunk)
 
         # Record the exit as soon as the entrypoint itself ends: a child it left running may
         # hold the pipes open for much longer (`sh -c "daemon & exit 0"`), and the sandbox
@@ -370,6 +404,34 @@ class FakeRuntime(Runtime):
             return RuntimeStatus(Phase.PAUSED)
         return RuntimeStatus(Phase.RUNNING)
 
+    async def entrypoint_output(self, sandbox_id: str, max_bytes: int) -> EntrypointOutput:
+        data, dropped = self._get(sandbox_id).output.read(max_bytes)
+        return EntrypointOutput(data, dropped)
+
+    # --- snapshots -------------------------------------------------------------------------
+
+    async def stored_snapshots(self) -> list[StoredSnapshot]:
+        return await self.snapshots.stored()
+
+    async def capture_snapshot(self, sandbox_id: str, spec: SnapshotSpec) -> None:
+        """Copy the sandbox's private root, its processes stopped meanwhile (as `docker
+        commit` pauses a container) so the copy is of one moment."""
+        sandbox = self._get(sandbox_id)
+        if not sandbox.layout.isolated:
+            raise Unsupported("Snapshots need bubblewrap isolation (a private root to copy), "
+                              "which this server does not have; see GET /health.")
+        freeze = not sandbox.paused
+        if freeze:
+            self._signal_everything(sandbox, signal.SIGSTOP)
+        try:
+            await self.snapshots.capture(sandbox.layout.root, spec)
+        finally:
+            if freeze and not sandbox.paused and self._sandboxes.get(sandbox_id) is sandbox:
+                self._signal_everything(sandbox, signal.SIGCONT)
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        await self.snapshots.delete(snapshot_id)
+
     def layout(self, sandbox_id: str) -> SandboxLayout:
         """The sandbox's mount table (the execd filesystem operations map paths with it)."""
         return self._get(sandbox_id).layout
@@ -414,6 +476,11 @@ def _touch(layout: SandboxLayout, sandbox_path: str) -> None:
             pass
     except (OSError, RuntimeFailure) as error:
         log.warning("cannot create the env file %s: %s", sandbox_path, error)
+
+
+def _host_arch() -> str:
+    machine = os.uname().machine
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
 
 
 def _hostname(sandbox_id: str) -> str:
