@@ -438,13 +438,18 @@ class SandboxService:
         finally:
             record.transition = None
 
-    async def resume(self, sandbox_id: str) -> None:
+    async def settled_state(self, sandbox_id: str) -> SandboxState:
+        """The state once a pause still under way (Docker's takes a few ms) is done: a
+        client that got the pause's 202 may act on a Paused sandbox at once, as upstream
+        (whose pause is synchronous) allows."""
         record = self._record(sandbox_id)
         if record.transition is PAUSING and record.tasks:
-            # A pause still under way (Docker's takes a few ms): a client that got the
-            # pause's 202 may resume at once, as upstream (whose pause is synchronous) allows.
             await asyncio.wait(set(record.tasks))
-        state = await self.state(sandbox_id)
+        return await self.state(sandbox_id)
+
+    async def resume(self, sandbox_id: str) -> None:
+        record = self._record(sandbox_id)
+        state = await self.settled_state(sandbox_id)
         if state is not PAUSED:
             raise SandboxNotPaused(state.state)
         await self.runtime.resume(sandbox_id)

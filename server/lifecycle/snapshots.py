@@ -131,7 +131,7 @@ class SnapshotService:
     # --- changing ------------------------------------------------------------------------
 
     async def create(self, sandbox_id: str, name: str | None) -> dict[str, Any]:
-        state = await self.sandboxes.state(sandbox_id)  # SandboxMissing: 404
+        state = await self.sandboxes.settled_state(sandbox_id)  # SandboxMissing: 404
         if state.state not in SNAPSHOT_SOURCE_STATES:
             raise SnapshotSourceState(
                 f"Sandbox {sandbox_id} is {state.state}; a snapshot can be taken of a Running "
