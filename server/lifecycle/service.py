@@ -483,7 +483,8 @@ class SandboxService:
         """Delete every sandbox whose expiry has passed; returns their ids."""
         now = self.clock.now()
         expired = [r.id for r in self._records.values()
-                   if r.expires_at is not None and r.expires_at <= now]
+                   if r.expires_at is not None and r.expires_at <= now
+                   and r.transition is not STOPPING]
         for sandbox_id in expired:
             log.info("sandbox %s expired", sandbox_id)
             with contextlib.suppress(ApiError, RuntimeFailure):
