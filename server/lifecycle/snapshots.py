@@ -30,7 +30,7 @@ from opensandbox_emulator.server.errors import (
     SnapshotNotReady,
     SnapshotSourceState,
 )
-from opensandbox_emulator.server.lifecycle.service import SandboxService
+from opensandbox_emulator.server.lifecycle.service import SandboxService, SandboxState
 
 log = logging.getLogger("opensandbox.snapshots")
 
@@ -38,12 +38,8 @@ CAPTURE_WORKERS = 2
 SNAPSHOT_SOURCE_STATES = ("Running", "Paused")
 
 
-@dataclass(frozen=True)
-class SnapshotStatus:
-    state: str
-    reason: str
-    message: str
-
+# A snapshot's status is the same three facts as a sandbox's: a state, a reason, a message.
+SnapshotStatus = SandboxState
 
 ACCEPTED = SnapshotStatus("Creating", "snapshot_accepted", "Snapshot creation accepted.")
 READY = SnapshotStatus("Ready", "snapshot_runtime_ready", "Snapshot created successfully.")
