@@ -16,6 +16,7 @@ from the snapshot then takes its environment and metadata from its own request o
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,6 +33,7 @@ from opensandbox_emulator.runtimes.failures import (
 )
 
 REPOSITORY = "opensandbox-snapshots"
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 SNAPSHOT_OF = labels.PREFIX + "snapshot-of"
 SNAPSHOT_NAME = labels.PREFIX + "snapshot-name"
 SNAPSHOT_CREATED_AT = labels.PREFIX + "snapshot-created-at"
@@ -39,6 +41,12 @@ SNAPSHOT_CREATED_AT = labels.PREFIX + "snapshot-created-at"
 
 def image_of(snapshot_id: str) -> str:
     return f"{REPOSITORY}:{snapshot_id}"
+
+
+def _quoted(value: str) -> str:
+    """A Dockerfile word in double quotes: `\\`, `"` and `$` escaped, so nothing expands."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
+    return f'"{escaped}"'
 
 
 def _split(env: list[str] | None) -> dict[str, str]:
@@ -68,10 +76,18 @@ async def commit(engine: Engine, sandbox_id: str, spec: SnapshotSpec, instance: 
         SNAPSHOT_NAME: spec.name or "",
         SNAPSHOT_CREATED_AT: spec.created_at.astimezone(UTC).isoformat(),
     })
-    conf = {"Env": [f"{k}={v}" for k, v in env.items()], "Labels": image_labels}
+    # As Dockerfile instructions (`changes`), not a `conf` object: a commit's `conf.Env`
+    # makes Docker 20.10 start other containers of the same image, meanwhile, with a broken
+    # PATH (seen here: their entrypoints "not found"); `changes` builds a fresh config.
+    changes = []
+    settable = {k: v for k, v in env.items() if ENV_NAME.match(k)}
+    if settable:
+        changes.append("ENV " + " ".join(f"{k}={_quoted(v)}" for k, v in settable.items()))
+    changes.append("LABEL " + " ".join(f"{_quoted(k)}={_quoted(v)}"
+                                       for k, v in image_labels.items()))
     try:
         await engine.call(api.commit, name, repository=REPOSITORY, tag=spec.snapshot_id,
-                          conf=conf, pause=True)
+                          changes=changes, pause=True)
     except NotFound as error:
         raise SandboxMissing(sandbox_id) from error
     except APIError as error:
