@@ -76,9 +76,9 @@ async def commit(engine: Engine, sandbox_id: str, spec: SnapshotSpec, instance: 
         SNAPSHOT_NAME: spec.name or "",
         SNAPSHOT_CREATED_AT: spec.created_at.astimezone(UTC).isoformat(),
     })
-    # As Dockerfile instructions (`changes`), not a `conf` object: a commit's `conf.Env`
-    # makes Docker 20.10 start other containers of the same image, meanwhile, with a broken
-    # PATH (seen here: their entrypoints "not found"); `changes` builds a fresh config.
+    # As Dockerfile instructions (`changes`), which the engine applies to a copy of the
+    # container's config: values set this way replace the source's (a `conf` object would
+    # instead be merged with it, key by key).
     changes = []
     settable = {k: v for k, v in env.items() if ENV_NAME.match(k)}
     if settable:
