@@ -2,7 +2,7 @@
 
     python benchmarks/access.py [--pings N] [--size-mb N] [--rounds N]
 
-Starts its own server (fake runtime, bubblewrap), then measures in one run:
+Starts its own server (fake runtime: a container per sandbox), then measures in one run:
 - latency of execd `GET /ping` through the gateway and through the server proxy, beside the
   lifecycle API's own `GET /health` (same server, no dispatch) as the baseline;
 - latency of a small file from an application port (`python3 -m http.server` inside the

@@ -3,7 +3,8 @@ starting one costs.
 
     python benchmarks/code.py [--cells N] [--contexts N]
 
-Starts its own server (fake runtime, bubblewrap) and one sandbox, then measures in one run:
+Starts its own server (fake runtime: a container per sandbox) and one sandbox, then measures
+in one run:
 - `1+1` in a warm python context through `POST /code` (gateway, stream read to the end),
   and `echo 2` in a warm bash context;
 - the time to create (and then delete) a python context, and a bash one; and a python
@@ -72,7 +73,7 @@ def main() -> None:
             sandbox_id = response.json()["id"]
         base = execd_url(server, sandbox_id)
         with httpx.Client(base_url=base, timeout=60) as client:
-            print(f"code interpreting, fake runtime (bubblewrap), sandbox {sandbox_id}")
+            print(f"code interpreting, fake runtime (runc), sandbox {sandbox_id}")
             print("per cell:")
             python_id = create_context(client, "python")
             bash_id = create_context(client, "bash")

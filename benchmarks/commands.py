@@ -2,11 +2,15 @@
 
     python benchmarks/commands.py [--runs N] [--stream-mb N] [--background-mb N]
 
-Starts its own server (fake runtime, bubblewrap) and one sandbox, then measures in one run:
+Starts its own server (fake runtime: a container per sandbox) and one sandbox, then measures
+in one run:
 - the round trip of `echo hi` (request to the end of the stream) through the Python SDK
   (`sandbox.commands.run`), through raw HTTP (httpx, keep-alive), as a run in a warm bash
   session (`POST /session/{id}/run`, raw HTTP), and, as the baseline, a bare
-  `subprocess.run(["bash", "-c", "echo hi"])` on this host: median and p99;
+  `subprocess.run(["bash", "-c", "echo hi"])` on this host: median and p99; beside them,
+  with no server in the way, the same command in a fresh `bwrap` (what each command cost
+  when every process was its own bubblewrap) and through `runc exec` into the sandbox
+  (what it would cost as an OCI exec rather than a fork by the sandbox's init);
 - the PTY echo round trip: one key typed into a shell on the sandbox's terminal over the
   WebSocket until its echo comes back, beside the same over a local pseudo-terminal pair
   with no server (`os.openpty`, the kernel's echo);
@@ -24,7 +28,6 @@ import argparse
 import asyncio
 import os
 import select
-import shutil
 import statistics
 import subprocess
 import sys
@@ -34,11 +37,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import httpx
+from baselines import bubblewrap, runc_exec
 from common import RssSampler, measure, memory_mib, start_server, summary
 from opensandbox import Sandbox
 from opensandbox.config import ConnectionConfig
 
-from opensandbox_emulator.runtimes.fake.layout import SandboxLayout
 from tests.helpers.pty_client import PtyClient
 from tests.helpers.servers import ServerProcess, execd_url
 
@@ -126,17 +129,6 @@ def subprocess_round_trips(runs: int, prefix: list[str] | None = None) -> list[f
         assert done.stdout == b"hi\n"
 
     return measure(once, runs)
-
-
-def bubblewrap_prefix(workdir: str) -> list[str] | None:
-    """The bwrap command line the fake runtime uses for a sandbox (None without bwrap):
-    what isolation alone costs, with no server in the way."""
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        return None
-    layout = SandboxLayout.build(os.path.join(workdir, "bwrap-root"), [])
-    return [bwrap, *layout.bubblewrap_args(), "--unshare-ipc", "--unshare-uts",
-            "--die-with-parent", "--chdir", "/", "--"]
 
 
 # --- throughput ----------------------------------------------------------------------------
@@ -232,16 +224,21 @@ def run(server: ServerProcess, args: argparse.Namespace, workdir: str) -> None:
     raw = raw_round_trips(base, args.runs)
     session = session_round_trips(base, args.runs)
     bare = subprocess_round_trips(args.runs)
-    prefix = bubblewrap_prefix(workdir)
-    isolated = subprocess_round_trips(args.runs, prefix) if prefix else None
+    echo = ["bash", "-c", "echo hi"]
+    in_bwrap = bubblewrap(echo)
+    exec_into = runc_exec(server.process.pid, sandbox_id, echo)
     print("round trip of `echo hi`")
     print(f"  Python SDK commands.run         {summary(sdk, width=7)}")
     print(f"  raw HTTP POST /command          {summary(raw, width=7)}")
     print(f"  run in a warm bash session      {summary(session, width=7)}")
     print(f"  bare subprocess.run (baseline)  {summary(bare, width=7)}")
-    if isolated:
-        print(f"  subprocess.run in bwrap         {summary(isolated, width=7)}   "
-              "(isolation alone, no server)")
+    if in_bwrap is not None:
+        print(f"  subprocess.run in a new bwrap   {summary(measure(in_bwrap, args.runs), width=7)}"
+              "   (no server: each process its own bubblewrap, as before)")
+    if exec_into is not None:
+        print(f"  runc exec into the sandbox      "
+              f"{summary(measure(exec_into, min(args.runs, 100)), width=7)}"
+              "   (no server: a command as an OCI exec)")
     print(f"  overhead: SDK {statistics.median(sdk) / statistics.median(bare):.1f}x, "
           f"raw HTTP {statistics.median(raw) / statistics.median(bare):.1f}x, "
           f"session run {statistics.median(session) / statistics.median(bare):.1f}x the "

@@ -6,7 +6,7 @@ Benchmarks run as scripts (`python benchmarks/<area>.py`), so this directory is 
 root on `sys.path` too, which is what makes `tests.*` importable: import `common` before
 `tests.*` (isort keeps it first anyway). The server is started the one way the tests start
 it, `tests.helpers.servers.launch`: `python -m opensandbox_emulator` (fake runtime, real
-bubblewrap) on ports the kernel picks.
+runc) on ports the kernel picks.
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ from tests.helpers.servers import ServerProcess, launch  # noqa: E402
 
 def start_server(workdir: Path) -> ServerProcess:
     """A server whose config and state live in `workdir`, logging warnings only (its output
-    is drained, so request logs would only cost time). Stop it with `.stop()`."""
+    is drained, so request logs would only cost time). Stop it with `.stop()`. `workdir` is
+    opened to passers-by (0711), as a state directory normally is: behind a closed one, the
+    fake runtime stages each sandbox's root through a helper, which costs time per create."""
+    workdir.chmod(0o711)
     return launch({"server": {"log_level": "WARNING"}}, workdir)
 
 

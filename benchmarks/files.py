@@ -2,7 +2,7 @@
 
 Run: `python benchmarks/files.py [--megabytes 500]`.
 
-It starts its own server (`python -m opensandbox_emulator`, fake runtime, real bubblewrap) on
+It starts its own server (`python -m opensandbox_emulator`, fake runtime, real runc) on
 ports the kernel picks and creates one sandbox with the official SDK. Baseline, measured in the same
 run on the same disk: a plain file copy of the same data (`shutil.copyfile`). Then the SDK
 uploads the file (`files.write_files` with a binary file object, which httpx streams) and

@@ -1,13 +1,18 @@
-"""Lifecycle API speed: create -> Running, and list with 1,000 sandboxes; and the test kit's
-in-process server against a server process.
+"""Lifecycle API speed: create -> Running, memory per sandbox, and list with 1,000 sandboxes;
+and the test kit's in-process server against a server process.
 
 Run: `python benchmarks/lifecycle.py [--sandboxes 1000] [--samples 200] [--cycles 20]
 [--only lifecycle|in-process|snapshots] [--snapshot-mb 100] [--snapshot-runtimes fake,docker]`.
 
-It starts its own server (`python -m opensandbox_emulator`, fake runtime, real bubblewrap) on
-ports the kernel picks, and prints each measurement beside a baseline measured on the same server in
-the same run: `GET /health`, a route that does no work, so the difference is what the
-lifecycle itself costs. Every sandbox runs `sleep infinity`, which costs nothing once started.
+It starts its own server (`python -m opensandbox_emulator`, fake runtime: a container per
+sandbox) on ports the kernel picks, and prints each measurement beside a baseline measured
+on the same server in the same run: `GET /health`, a route that does no work, so the
+difference is what the lifecycle itself costs. Creating is also shown beside what
+isolation alone costs with no server in the way (`baselines.py`): a bare process, a bare
+`bwrap`, and a bare runc container with the fake runtime's own config. Every sandbox runs
+`sleep infinity`, which costs nothing once started; the memory each idle sandbox holds on
+the host (its init, its network helper, its entrypoint, as proportional set size) is
+measured with all of them running.
 
 The in-process part times what the `opensandbox_emulator` pytest fixture costs: starting and
 stopping `InProcessEmulator` beside starting and stopping a server process, and the official
@@ -33,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from baselines import bare, bubblewrap, container
 from common import measure, report, start_server
 
 BODY = {"image": {"uri": "python:3.11"}, "timeout": 3600, "resourceLimits": {},
@@ -68,8 +74,6 @@ def main() -> None:
                         help="runtimes for the snapshot part (docker is skipped without an "
                              "engine)")
     args = parser.parse_args()
-    if shutil.which("bwrap") is None:
-        print("warning: bubblewrap is missing; sandboxes run without isolation", flush=True)
     if args.only in (None, "in-process"):
         in_process(args.cycles)
     if args.only in (None, "lifecycle"):
@@ -90,14 +94,18 @@ def lifecycle(args: argparse.Namespace) -> None:
                 client.get("/health")
                 client.get("/v1/sandboxes")
             health = measure(lambda: client.get("/health").raise_for_status(), args.samples)
-            print(f"server: {url}, runtime {client.get('/health').json()['isolation']}; "
+            described = client.get("/health").json()
+            print(f"server: {url}, isolation {described['isolation']['mode']}, network "
+                  f"{described['network']}, limits {described['limits']['mode']}; "
                   f"{args.samples} samples each\n", flush=True)
             report("baseline: GET /health", health)
 
+            available_before = _available_kib()
             created: list[str] = []
             samples = min(args.samples, args.sandboxes)
             create_times = measure(lambda: created.append(create_running(client)), samples)
             report("create -> Running", create_times, health)
+            isolation_floor(min(samples, 50))
 
             fill_start = time.monotonic()
             while len(created) < args.sandboxes:
@@ -106,6 +114,11 @@ def lifecycle(args: argparse.Namespace) -> None:
             count = total["pagination"]["totalItems"]
             print(f"  ({count} sandboxes live; the rest created in "
                   f"{time.monotonic() - fill_start:.1f} s)", flush=True)
+            memory_per_sandbox(server.process.pid, count)
+            print(f"host memory used per sandbox (MemAvailable)    "
+                  f"{(available_before - _available_kib()) / count / 1024:8.2f} MiB   "
+                  "(kernel objects included; other processes on the host add noise)",
+                  flush=True)
 
             health = measure(lambda: client.get("/health").raise_for_status(), args.samples)
             report(f"baseline again with {count} sandboxes", health)
@@ -298,6 +311,69 @@ def engine_copy(runtime: str, server: Any, sandbox_id: str) -> None:
     subprocess.run(["docker", "commit", f"sandbox-{sandbox_id}", tag], check=True,
                    stdout=subprocess.DEVNULL)
     subprocess.run(["docker", "rmi", tag], check=True, stdout=subprocess.DEVNULL)
+
+
+def isolation_floor(samples: int) -> None:
+    """What starting something isolated costs with no server in the way."""
+    print("  with no server in the way:")
+    report("  a bare process (subprocess.run true)", measure(bare(["true"]), samples))
+    in_bwrap = bubblewrap(["true"])
+    if in_bwrap is not None:
+        report("  a bare bwrap running true", measure(in_bwrap, samples))
+    run_container, cleanup = container(["/bin/true"])
+    try:
+        if run_container is not None:
+            report("  a bare runc container running true", measure(run_container, samples))
+    finally:
+        cleanup()
+
+
+def _available_kib() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _pss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+def memory_per_sandbox(server_pid: int, count: int) -> None:
+    """The proportional set size of every process the server started for its sandboxes
+    (its children and their descendants), by kind, divided by the number of sandboxes."""
+    kinds: dict[str, int] = {}
+    pending = _children(server_pid)
+    while pending:
+        pid = pending.pop()
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            size = _pss_kib(pid)
+            pending += _children(pid)
+        except OSError:
+            continue
+        name = Path(command[0].decode(errors="replace")).name
+        if b"/opt/opensandbox/init.py" in command or name == "bwrap":
+            kind = "init" if name != "bwrap" else "bwrap"
+        elif name in ("slirp4netns", "sleep"):
+            kind = name
+        else:
+            kind = "other"
+        kinds[kind] = kinds.get(kind, 0) + size
+    total = sum(kinds.values())
+    parts = ", ".join(f"{kind} {size / count / 1024:.2f}" for kind, size in sorted(kinds.items()))
+    print(f"memory per idle sandbox (PSS)                  {total / count / 1024:8.2f} MiB   "
+          f"({parts})", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,20 +2,22 @@
 
 A runtime provisions sandboxes and runs processes inside them. The lifecycle service uses
 `create`/`pause`/`resume`/`destroy`/`inspect`, the snapshot methods and
-`entrypoint_output`; the embedded execd uses `spawn`, `usage`, `port_address` and (for
-files) `filesystem`. Nothing here mentions HTTP: failures are the
-small classes of `failures.py`, which carry facts; the server decides what a client sees.
+`entrypoint_output`; the embedded execd uses `spawn`, `usage` and (for files) `filesystem`;
+the access layer reaches a sandbox's ports with `connect`. Nothing here mentions HTTP:
+failures are the small classes of `failures.py`, which carry facts; the server decides what
+a client sees.
 """
 
 from __future__ import annotations
 
 import enum
 import signal as signals
+import socket
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 from opensandbox_emulator.runtimes.failures import (
     Unsupported,
@@ -122,10 +124,12 @@ class RuntimeStatus:
 
 @dataclass(frozen=True)
 class ExitStatus:
-    """How a process ended: an exit code, or the signal that killed it."""
+    """How a process ended: an exit code, or the signal that killed it. `reason` says why
+    when the runtime knows more than the signal (the kernel's OOM killer, say)."""
 
     code: int | None = None
     signal: int | None = None
+    reason: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -139,7 +143,8 @@ class ExitStatus:
             names = {signals.SIGKILL: "killed", signals.SIGTERM: "terminated",
                      signals.SIGINT: "interrupt", signals.SIGHUP: "hangup"}
             sig = signals.Signals(self.signal)
-            return f"signal: {names.get(sig, sig.name.lower())}"
+            text = f"signal: {names.get(sig, sig.name.lower())}"
+            return f"{text} ({self.reason})" if self.reason else text
         return f"exit status {self.code}"
 
 
@@ -238,8 +243,14 @@ class Runtime(ABC):
 
     @property
     def isolation(self) -> str:
-        """A short description of how sandboxes are isolated, shown in `/health`."""
+        """In a word, how sandboxes are isolated: "container" or "none"."""
         return "none"
+
+    def health(self) -> dict[str, Any]:
+        """What `/health` reports about the runtime's isolation, layer by layer:
+        `isolation`, `network` and `limits`, each an object with a `mode` first."""
+        return {"isolation": {"mode": self.isolation}, "network": {"mode": "host"},
+                "limits": {"mode": "none"}}
 
     @property
     def warnings(self) -> list[str]:
@@ -325,8 +336,11 @@ class Runtime(ABC):
         Raises `SpawnFailed` with a message that names what is missing."""
 
     @abstractmethod
-    async def port_address(self, sandbox_id: str, port: int) -> tuple[str, int]:
-        """Where the sandbox's `port` can be reached from the server: `(host, port)`."""
+    async def connect(self, sandbox_id: str, port: int) -> socket.socket:
+        """A TCP connection to the sandbox's `port`, as a client inside the sandbox would
+        open it (`127.0.0.1:<port>`, so applications bound to loopback are reached too).
+        The socket is connected and non-blocking; the caller owns it. Raises
+        `PortUnreachable` when nothing accepts there, `SandboxMissing`."""
 
     @abstractmethod
     async def usage(self, sandbox_id: str) -> ResourceUsage:

@@ -172,7 +172,7 @@ class Unsupported(RuntimeFailure):
 
 
 class Unavailable(RuntimeFailure):
-    """Something the runtime needs is not there now (the Docker engine, bubblewrap)."""
+    """Something the runtime needs is not there now (the Docker engine, runc)."""
 
 
 class NoNetworkAddress(Unavailable):
@@ -183,6 +183,16 @@ class NoNetworkAddress(Unavailable):
                          "is it running?")
         self.sandbox_id = sandbox_id
         self.network = network
+
+
+class PortUnreachable(RuntimeFailure):
+    """Nothing accepts connections on that port of the sandbox."""
+
+    def __init__(self, port: int, reason: str):
+        super().__init__(f"Could not connect to port {port} inside the sandbox: {reason}. "
+                         "Is a server listening on that port inside the sandbox?")
+        self.port = port
+        self.reason = reason
 
 
 class NetworkNotFound(RuntimeFailure):

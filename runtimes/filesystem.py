@@ -1,7 +1,7 @@
 """The filesystem of one sandbox, as its own processes see it.
 
 execd's file routes talk only to `SandboxFilesystem`; each runtime maps it onto what it has
-(the fake runtime onto its bubblewrap mount table, Docker onto the archive API and small
+(the fake runtime onto its container's mount table, Docker onto the archive API and small
 exec'd helpers). Paths are sandbox paths: `~` is the sandbox's HOME, relative paths start at
 `/`, and `..` and symlinks are followed the way the sandbox would follow them. Nothing here
 knows HTTP: failures are the classes of `failures.py` (`FileNotFound`, `PathReadOnly`…),

@@ -67,7 +67,8 @@ def runtime_from_config(config: Config) -> Runtime:
     if config.runtime.type == "fake":
         return make_runtime("fake", state_dir=config.fake.state_dir or None,
                             volumes_root=config.fake.volumes_root or None,
-                            isolation=config.fake.isolation)
+                            isolation=config.fake.isolation,
+                            pids_limit=config.fake.pids_limit or None)
     return make_runtime(config.runtime.type, settings=config.docker)
 
 
@@ -88,6 +89,7 @@ class OpenSandboxServer:
         self.service.on_removing(hub.remove)
         signer = signer_from_config(config)
         dispatcher = Dispatcher(self.service, hub, create_execd_app(), signer)
+        self.service.on_removing(dispatcher.forget)
         self.access = Access(hub=hub, dispatcher=dispatcher, gateway=Gateway(dispatcher),
                              gateway_port=config.gateway.port, signer=signer)
         # The control API for tests (`[control] enabled`): its state, and the tap in front
@@ -135,7 +137,7 @@ class OpenSandboxServer:
         @app.get("/health", tags=["health"])
         async def health() -> dict[str, Any]:
             return {"status": "healthy", "runtime": self.runtime.name,
-                    "isolation": self.runtime.isolation, "warnings": self.runtime.warnings}
+                    **self.runtime.health(), "warnings": self.runtime.warnings}
 
         return app
 

@@ -81,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from opensandbox_emulator.server.app import create_app
 
+    if config.runtime.type == "fake":
+        from opensandbox_emulator.runtimes.fake.launch import become_subreaper
+
+        become_subreaper()  # this process is the server: it reaps its sandboxes' inits
     app = create_app(config)
     print(f"opensandbox-emulator: lifecycle API on http://{config.server.host}:"
           f"{config.server.port} (runtime: {config.runtime.type}); sandbox gateway on port "

@@ -89,11 +89,15 @@ class ExecdSection:
 
 @dataclass(frozen=True)
 class FakeSection:
-    """Ours: the bubblewrap runtime."""
+    """Ours: the runtime that makes each sandbox a container of this host's system."""
 
     state_dir: str = ""  # empty: a temporary directory, removed at shutdown
     volumes_root: str = ""  # where `pvc` named volumes live; empty: under state_dir
-    isolation: Literal["auto", "bubblewrap", "none"] = "auto"
+    # "auto": every layer of isolation the host allows, down to none (loudly); "strict":
+    # every layer or refuse to start; "none": none. "bubblewrap" (older) means "strict".
+    isolation: Literal["auto", "strict", "bubblewrap", "none"] = "auto"
+    # The most processes (threads included) a sandbox may have at once; 0: no limit.
+    pids_limit: int = 512
 
 
 @dataclass(frozen=True)
@@ -227,6 +231,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"storage.allowed_host_paths[{i}]: {prefix!r} is not absolute")
     if config.server.max_sandbox_timeout_seconds < 60:
         raise ConfigError("server.max_sandbox_timeout_seconds: must be at least 60")
+    if config.fake.pids_limit < 0:
+        raise ConfigError("fake.pids_limit: must be 0 (no limit) or more")
     if config.execd.log_buffer_bytes < 1024:
         raise ConfigError("execd.log_buffer_bytes: must be at least 1024")
     if config.control.journal_size < 1:

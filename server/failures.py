@@ -35,6 +35,7 @@ from opensandbox_emulator.runtimes.failures import (
     PathNotAccessible,
     PathReadOnly,
     PauseFailed,
+    PortUnreachable,
     QueryFailed,
     RemoveFailed,
     ResumeFailed,
@@ -94,6 +95,7 @@ FAILURES: dict[type[RuntimeFailure], Reply] = {
     SnapshotFailed: Reply(500, "SNAPSHOT::CREATE_FAILED"),
     SnapshotMissing: Reply(404, "SNAPSHOT::NOT_FOUND"),
     SnapshotInUse: Reply(409, "SNAPSHOT::DELETE_CONFLICT"),
+    PortUnreachable: Reply(502, "GENERAL::UNKNOWN_ERROR"),
     # processes
     SpawnFailed: Reply(_refused_or_broken, "RUNTIME_ERROR"),
     # volumes

@@ -1,4 +1,4 @@
-"""The fixtures: real servers (uvicorn, bubblewrap, a Docker engine), raw HTTP and SDK
+"""The fixtures: real servers (uvicorn, runc, a Docker engine), raw HTTP and SDK
 clients, and the app in this process. What they are made with lives in `tests/helpers/`.
 
 `server` is one server for the whole run on the default config; `start_server(**sections)`
@@ -18,6 +18,8 @@ clock and ids the test sets: for the parts whose behaviour needs no server proce
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -41,6 +43,7 @@ from tests.helpers.servers import (
 collect_ignore = ["user_suite"]
 
 RUNTIMES = ("fake", "docker")
+NOBODY = 65534
 
 # --- servers -----------------------------------------------------------------------------------
 
@@ -64,6 +67,47 @@ def docker_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
     yield running
     running.stop()
     remove_docker_sandboxes(sections["docker"]["instance"])
+
+
+@pytest.fixture(scope="session")
+def unprivileged_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A fake-runtime server run as a normal user (nobody, through `setpriv`) when the tests
+    run as root: its sandboxes get what an unprivileged host allows (a user namespace
+    mapping root inside to that user, no cgroups). Skipped where that cannot be had."""
+    if os.geteuid() != 0:
+        pytest.skip("the tests run as a normal user already: `server` is unprivileged")
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is missing, so no server can run as a normal user")
+    workdir = Path(tempfile.mkdtemp(prefix="opensandbox-unprivileged-"))
+    os.chmod(workdir, 0o755)
+    for name in ("state", "volumes"):
+        (workdir / name).mkdir()
+    for path in (workdir, workdir / "state", workdir / "volumes"):
+        os.chown(path, NOBODY, NOBODY)
+    user = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
+    try:
+        running = launch({}, workdir, prefix=user)
+    except RuntimeError as error:
+        shutil.rmtree(workdir, ignore_errors=True)
+        pytest.skip(f"a server cannot run as nobody here: {error}")
+    health = httpx.get(running.url + "/health", timeout=10).json()
+    if health["isolation"]["mode"] != "container":
+        running.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        pytest.skip("a normal user gets no container here: "
+                    f"{health['isolation'].get('reason', health)}")
+    yield running
+    running.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", params=(*RUNTIMES, "fake-unprivileged"))
+def any_server(request: pytest.FixtureRequest) -> ServerProcess:
+    """`execd_server`'s two, then a fake-runtime server run as a normal user."""
+    name = {"fake": "server", "docker": "docker_server",
+            "fake-unprivileged": "unprivileged_server"}[request.param]
+    return request.getfixturevalue(name)  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="session", params=RUNTIMES, ids=RUNTIMES)
@@ -166,7 +210,7 @@ async def sdk_sandbox(server: ServerProcess) -> Any:
 
 @pytest.fixture
 async def emulator(tmp_path: Path) -> AsyncIterator[InProcess]:
-    """The app of `create_app` over a fake runtime (bubblewrap) whose state lives in
+    """The app of `create_app` over a fake runtime (runc) whose state lives in
     `tmp_path`, its clock and ids set by the test; stopped (sandboxes destroyed) after."""
     async with serve_in_process(tmp_path) as running:
         yield running

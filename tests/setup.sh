@@ -1,7 +1,9 @@
 #!/bin/sh
-# Everything the test suite needs, on a fresh machine: bubblewrap, a virtualenv with the
-# server and its test extras (the official Python SDK among them), the official JS SDK, and,
-# where a Docker engine answers, the local images the docker runtime's tests run.
+# Everything the test suite needs, on a fresh machine: runc and slirp4netns (each fake
+# sandbox is a container with a network of its own) and iproute2 (the outbound test builds
+# a network namespace), a virtualenv with the server and its test extras (the official
+# Python SDK among them), the official JS SDK, and, where a Docker engine answers, the local
+# images the docker runtime's tests run.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -11,9 +13,14 @@ apt_install() {
   apt-get update -qq && apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-if ! command -v bwrap >/dev/null 2>&1; then
-  apt_install bubblewrap || {
-    echo "tests/setup.sh: bubblewrap is missing; install it (e.g. sudo apt-get install bubblewrap)" >&2
+missing=""
+command -v runc >/dev/null 2>&1 || missing="runc"
+command -v slirp4netns >/dev/null 2>&1 || missing="$missing slirp4netns"
+command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
+if [ -n "$missing" ]; then
+  # shellcheck disable=SC2086 # one word a package
+  apt_install $missing || {
+    echo "tests/setup.sh: missing:$missing; install them (e.g. sudo apt-get install$missing)" >&2
     exit 1
   }
 fi

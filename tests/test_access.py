@@ -4,7 +4,7 @@ Every path into a sandbox is exercised the same way: the gateway by URI, the gat
 `OpenSandbox-Ingress-To` header, and the server proxy route at the root and under `/v1`.
 Application ports are served by `tests/helpers/sandbox_app.py` (or `python3 -m http.server`)
 running inside a real sandbox. The application-port tests (those on `app_server`) run on both
-runtimes: `[fake]`, a bubblewrap sandbox on the host's network, and `[docker]`, a container
+runtimes: `[fake]`, a container with a network of its own, and `[docker]`, a container
 reached at its bridge address (or, for an application bound to the container's loopback,
 through the runtime's relay). The rest test the access layer itself, on the fake runtime.
 """

@@ -2,7 +2,7 @@
 
 Every request goes through the gateway to the embedded execd of a real sandbox, so the byte
 framing checked here is what an SDK receives. Every test runs on both runtimes (`[fake]`:
-bubblewrap, `[docker]`: a container of the Debian test image), and checks what happened
+a runc container, `[docker]`: a container of the Debian test image), and checks what happened
 to processes from inside the sandbox, where both runtimes look the same.
 """
 
@@ -156,21 +156,6 @@ def wait_gone(base: str, pid: int) -> bool:
     lines = output_of(base, ALIVE + f"for i in $(seq 1 200); do alive {pid} || "
                                     "{ echo gone; exit 0; }; sleep 0.05; done; echo alive")
     return lines == ["gone"]
-
-
-def host_pid_gone(pid: int) -> bool:
-    """Whether host process `pid` ends (within 10 s): for the fake runtime only, whose
-    sandboxes share the host's pid namespace."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return True
-        if stat[stat.rfind(")") + 2] == "Z":
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def host_processes_mentioning(marker: str) -> list[str]:
@@ -651,13 +636,15 @@ def test_stopping_the_server_leaves_no_process_behind(server: ServerProcess,
                       "adopts them: test_docker.py::test_sandboxes_survive_a_server_restart)")
     own = start_server()
     base = execd_url(own, new_sandbox(own))
-    start_background(base, "sleep 100 & echo $! > /tmp/child.pid; echo $$ > /tmp/main.pid; "
-                           "sleep 100")
+    marker = f"stop-{uuid.uuid4().hex[:12]}"
+    start_background(base, f"sh -c 'sleep 100; : {marker}' & echo $! > /tmp/child.pid; "
+                           f"echo $$ > /tmp/main.pid; sleep 100; : {marker}")
     pids = [int(p) for p in output_of(
         base, "while [ ! -s /tmp/main.pid ]; do sleep 0.02; done; cat /tmp/child.pid "
               "/tmp/main.pid")]
     assert len(pids) == 2 and all(process_alive(base, pid) for pid in pids)
+    assert len(host_processes_mentioning(marker)) == 2
     own.stop()
     assert own.process.returncode is not None
-    assert all(host_pid_gone(pid) for pid in pids)
+    wait_for(lambda: not host_processes_mentioning(marker), "the sandbox's processes to end")
     assert no_leftover_processes(own.state_dir) == []

@@ -272,14 +272,16 @@ namespace = "sandboxes"
     assert "domain = 'sandbox.example.com'" in server.output
 
 
-def test_without_bubblewrap_it_runs_unisolated_and_says_so(run: type[Running],
-                                                          tmp_path: Path) -> None:
-    """`isolation = "auto"` with no bwrap on PATH: start anyway, warn, report in /health."""
+def test_without_runc_it_runs_unisolated_and_says_so(run: type[Running],
+                                                    tmp_path: Path) -> None:
+    """`isolation = "auto"` with no runc on PATH: start anyway, warn, report in /health."""
     server = run(LOOPBACK, env={"SANDBOX_CONFIG_PATH": "", "PATH": str(tmp_path / "empty")})
     with httpx.Client(base_url=server.url, timeout=30) as client:
         health = client.get("/health").json()
-        assert health["isolation"] == "none"
-        assert any("NO ISOLATION" in warning and "bubblewrap" in warning
+        assert health["isolation"]["mode"] == "none"
+        assert health["network"]["mode"] == "host"
+        assert health["limits"]["mode"] == "none"
+        assert any("NO ISOLATION" in warning and "runc" in warning
                    for warning in health["warnings"])
         created = client.post("/v1/sandboxes", json=create_body())
         assert created.status_code == 202, created.text
@@ -295,13 +297,14 @@ def test_isolation_can_be_required_or_turned_off(run: type[Running], tmp_path: P
     server = run(["--config", str(off), *LOOPBACK])
     with httpx.Client(base_url=server.url) as client:
         health = client.get("/health").json()
-    assert health["isolation"] == "none"
+    assert health["isolation"]["mode"] == "none"
     assert any('isolation = "none"' in warning for warning in health["warnings"])
-    required = write(tmp_path / "required.toml", '[fake]\nisolation = "bubblewrap"\n')
-    code, stderr = run_failing(["--config", str(required), *LOOPBACK],
-                               env={"PATH": str(tmp_path / "empty")})
-    assert code != 0
-    assert "bubblewrap" in stderr
+    for level in ("strict", "bubblewrap"):  # the older value now means "strict"
+        required = write(tmp_path / f"{level}.toml", f'[fake]\nisolation = "{level}"\n')
+        code, stderr = run_failing(["--config", str(required), *LOOPBACK],
+                                   env={"PATH": str(tmp_path / "empty")})
+        assert code != 0
+        assert 'isolation = "strict"' in stderr and "runc is not installed" in stderr, stderr
 
 
 def test_upstream_secure_access_keys_sign_routes(run: type[Running], tmp_path: Path) -> None:

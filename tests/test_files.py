@@ -1,5 +1,5 @@
 """execd files, directories and metrics over raw HTTP, against a real sandbox, on both
-runtimes (`[fake]`: bubblewrap over a private root, `[docker]`: a container).
+runtimes (`[fake]`: a runc container over a private root, `[docker]`: a container).
 
 Every effect is checked twice: in the reply, and in what a command in the same sandbox sees
 (`POST /command`), since the file API must show the sandbox's own view of its files.
@@ -648,20 +648,49 @@ def test_read_only_places_refuse_every_write(http: httpx.Client, server: ServerP
 
 def test_the_hosts_system_directories_are_read_only(server: ServerProcess,
                                                     execd: httpx.Client) -> None:
-    fake_only(server, "a fake sandbox sees the host's /usr and /etc through read-only binds; "
-                      "a container's own /usr and /etc are its image's, and writable")
-    _, code = sh(execd, "ln -s /etc/passwd /tmp/passwd-link")
-    assert code == 0
+    fake_only(server, "a fake sandbox sees the host's /usr and parts of its /etc through "
+                      "read-only binds; a container's own /usr and /etc are its image's")
     for method, url, request in [
             ("post", "/files/upload", {"files": [meta("/usr/planted"), part(b"x")]}),
-            ("post", "/files/upload", {"files": [meta("/tmp/passwd-link"),
-                                                 part(b"root::0:0::/:/bin/sh\n")]}),
-            ("post", "/files/permissions", {"json": {"/etc/hostname": {"mode": 777}}})]:
+            ("post", "/files/upload", {"files": [meta("/etc/ssl/certs/planted"),
+                                                 part(b"x")]}),
+            ("post", "/files/permissions", {"json": {"/etc/ssl/openssl.cnf": {"mode": 777}}})]:
         response = execd.request(method.upper(), url, **request)
         assert_error(response, 403, "FILE_READ_ONLY", "read-only")
     assert not Path("/usr/planted").exists()
-    passwd = execd.get("/files/download", params={"path": "/tmp/passwd-link"})
-    assert passwd.content == Path("/etc/passwd").read_bytes()
+    assert not Path("/etc/ssl/certs/planted").exists()
+
+
+def test_etc_is_the_sandboxs_own_and_holds_no_host_secret(server: ServerProcess,
+                                                          execd: httpx.Client) -> None:
+    fake_only(server, "a container's /etc is its image's")
+    host_passwd = Path("/etc/passwd").read_bytes()
+    _, code = sh(execd, "ln -s /etc/passwd /tmp/passwd-link")
+    assert code == 0
+    # Written through a symlink, the sandbox's own /etc/passwd changes; the host's does not.
+    assert_empty_ok(upload(execd, [meta("/tmp/passwd-link"),
+                                   part(b"root:x:0:0::/root:/bin/sh\nextra:x:4242:4242::/:/bin/sh\n")]))
+    assert sandbox_bytes(execd, "/etc/passwd") == \
+        b"root:x:0:0::/root:/bin/sh\nextra:x:4242:4242::/:/bin/sh\n"
+    assert Path("/etc/passwd").read_bytes() == host_passwd
+    # A user added inside is known to the files API (names come from the sandbox's /etc).
+    assert_empty_ok(upload(execd, [meta("/tmp/owned", owner="extra", group="4242"),
+                                   part(b"x")]))
+    assert execd.get("/files/info", params={"path": "/tmp/owned"}).json()[
+        "/tmp/owned"]["owner"] == "extra"
+    # The sandbox's shadow is its own, every account locked; the host's is nowhere.
+    shadow = execd.get("/files/download", params={"path": "/etc/shadow"})
+    assert shadow.status_code == 200
+    assert all(line.split(":")[1] in ("*", "!") for line in shadow.text.splitlines())
+    host_shadow = Path("/etc/shadow").read_bytes()
+    assert shadow.content != host_shadow
+    for path in ("/etc/gshadow", "/etc/sudoers", "/etc/ssh", "/etc/ssl/private",
+                 "/etc/subuid", "/etc/machine-id"):
+        response = execd.get("/files/download", params={"path": path})
+        if response.status_code == 200:
+            assert path in ("/etc/gshadow",) and b"$" not in response.content, path
+        else:
+            assert response.status_code == 404, (path, response.text)
 
 
 def test_kernel_filesystems_are_refused(execd: httpx.Client) -> None:

@@ -1,5 +1,5 @@
-"""Isolation on the fake runtime, with real bubblewrap: private roots, volumes, the host
-path allowlist, and that deleting a sandbox or stopping the server leaves nothing behind.
+"""Isolation on the fake runtime, with real runc: private roots, volumes, the host path
+allowlist, and that deleting a sandbox or stopping the server leaves nothing behind.
 
 What a sandbox did is read back from the host side of its private root
 (`<state_dir>/sandboxes/<id>/root/...`), so the checks do not depend on execd.
@@ -19,8 +19,8 @@ import pytest
 
 from tests.helpers.servers import ServerProcess, create_body, no_leftover_processes, wait_for
 
-pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
-                                reason="bubblewrap is not installed (apt-get install bubblewrap)")
+pytestmark = pytest.mark.skipif(shutil.which("runc") is None,
+                                reason="runc is not installed (apt-get install runc)")
 
 
 def root_of(server: ServerProcess, sandbox_id: str) -> Path:
@@ -82,9 +82,10 @@ def create(http: httpx.Client) -> Iterator[Callable[..., str]]:
         http.delete(f"/v1/sandboxes/{sandbox_id}")
 
 
-def test_the_server_runs_with_bubblewrap(http: httpx.Client) -> None:
+def test_the_server_runs_sandboxes_as_containers(http: httpx.Client) -> None:
     health = http.get("/health").json()
-    assert health["isolation"] == "bubblewrap", health
+    assert health["isolation"]["mode"] == "container", health
+    assert health["network"]["mode"] == "own", health
     assert health["warnings"] == []
 
 
@@ -142,6 +143,42 @@ def test_read_only_volumes_refuse_writes_and_writable_ones_reach_the_host(
     assert not (read_only / "new").exists()
     assert read_when_ready(root / "tmp" / "rw") == "wrote"
     assert (writable / "new").read_text() == "hi\n"
+
+
+def test_files_written_into_a_host_volume_are_owned_as_under_docker(
+        server: ServerProcess, http: httpx.Client, create: Callable[..., str],
+        tmp_path: Path) -> None:
+    """Root inside writes a host volume as the host's root (an idmapped mount), and a host
+    file owned by root is root's inside: Docker without userns-remap shows the same. The
+    private root, by contrast, belongs to the sandbox's mapped ids."""
+    health = http.get("/health").json()
+    if not health["isolation"].get("volumes", "").startswith("idmapped"):
+        pytest.skip("this host cannot idmap volumes (see /health: isolation.volumes)")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "given").write_text("from the host\n")
+    script = ("echo hi > /mnt/shared/made; mkdir /mnt/shared/dir; stat -c '%U %u' "
+              "/mnt/shared/given > /tmp/given-owner; echo x > /tmp/private; echo up > /tmp/up; "
+              "sleep 1000")
+    sandbox_id = create(entrypoint=["sh", "-c", script], volumes=[
+        {"name": "shared", "host": {"path": str(shared)}, "mountPath": "/mnt/shared"}])
+    root = root_of(server, sandbox_id)
+    read_when_ready(root / "tmp" / "up")
+    assert (shared / "made").stat().st_uid == 0 and (shared / "made").stat().st_gid == 0
+    assert (shared / "dir").stat().st_uid == 0
+    assert read_when_ready(root / "tmp" / "given-owner") == "root 0"
+    if os.geteuid() == 0:  # root inside is an unprivileged id on the host
+        assert (root / "tmp" / "private").stat().st_uid != 0
+    # The files API agrees with what the sandbox sees, on both kinds of mount.
+    execd = f"{server.gateway_url}/{sandbox_id}/44772"
+    for path in ("/mnt/shared/made", "/tmp/private"):
+        info = httpx.get(f"{execd}/files/info", params={"path": path}).json()[path]
+        assert (info["owner"], info["group"]) == ("root", "root"), (path, info)
+    response = httpx.post(f"{execd}/files/upload", files=[
+        ("metadata", ("metadata", b'{"path": "/mnt/shared/uploaded"}', "application/json")),
+        ("file", ("blob", b"up", "application/octet-stream"))])
+    assert response.status_code == 200, response.text
+    assert (shared / "uploaded").stat().st_uid == 0
 
 
 def test_sub_paths_and_named_volumes_mount_the_right_directory(
@@ -207,6 +244,45 @@ def test_delete_kills_every_process_and_removes_the_private_root(
     assert http.delete(f"/v1/sandboxes/{sandbox_id}").status_code == 204
     assert still_alive(processes) == {}
     assert not root.parent.exists()
+
+
+def _runc_containers() -> list[dict[str, Any]]:
+    import json
+    import subprocess
+
+    from opensandbox_emulator.runtimes.fake.runc import state_root
+
+    listed = subprocess.run(["runc", "--root", state_root(), "list", "--format", "json"],
+                            capture_output=True, text=True).stdout
+    return json.loads(listed or "null") or []
+
+
+def _cgroups_named(fragment: str) -> list[str]:
+    found = []
+    for controller in Path("/sys/fs/cgroup").iterdir():
+        parent = controller / "opensandbox-emulator"
+        if parent.is_dir():
+            found += [str(p) for p in parent.iterdir() if fragment in p.name]
+    return found
+
+
+def test_delete_leaves_no_container_cgroup_mount_or_directory(
+        server: ServerProcess, http: httpx.Client, create: Callable[..., str],
+        tmp_path: Path) -> None:
+    (tmp_path / "v").mkdir()
+    sandbox_id = create(entrypoint=["sh", "-c", "echo up > /tmp/up; sleep 1000"], volumes=[
+        {"name": "v", "host": {"path": str(tmp_path / "v")}, "mountPath": "/mnt/v"}])
+    read_when_ready(root_of(server, sandbox_id) / "tmp" / "up")
+    assert [c for c in _runc_containers() if c["id"].endswith(sandbox_id)]
+    if os.geteuid() == 0:
+        assert _cgroups_named(sandbox_id)
+    assert http.delete(f"/v1/sandboxes/{sandbox_id}").status_code == 204
+    assert [c for c in _runc_containers() if c["id"].endswith(sandbox_id)] == []
+    assert _cgroups_named(sandbox_id) == []
+    assert sandbox_id not in Path("/proc/self/mountinfo").read_text()
+    assert not any(sandbox_id in p.name for p in Path("/run/opensandbox-emulator/stage").glob("*")
+                   ) if Path("/run/opensandbox-emulator/stage").exists() else True
+    assert not root_of(server, sandbox_id).parent.exists()
 
 
 def test_delete_of_a_paused_sandbox_kills_its_frozen_processes(

@@ -68,7 +68,11 @@ def test_the_wheel_installs_one_package_and_nothing_generic(venv: Path) -> None:
     assert installed == {"opensandbox_emulator", "opensandbox_emulator-0.1.0.dist-info"}
     package = site_packages(venv) / "opensandbox_emulator"
     assert (package / "server" / "app.py").is_file()
-    assert (package / "runtimes" / "docker" / "limits.py").is_file()
+    assert (package / "runtimes" / "docker" / "runtime.py").is_file()
+    # Programs the fake runtime runs on their own (the sandbox's init, the mount helper):
+    # the wheel must carry them.
+    assert (package / "runtimes" / "fake" / "sandbox_init.py").is_file()
+    assert (package / "runtimes" / "fake" / "mount_helper.py").is_file()
     # The code interpreter's drivers are data files, not modules: they must be in the wheel.
     drivers = package / "server" / "execd" / "code" / "drivers"
     assert {"bash_driver.sh", "node_driver.js", "python_driver.py"} <= {

@@ -4,8 +4,10 @@ uvicorn serves both listeners (Lifecycle and gateway, on ports the kernel picks)
 event loop on a background thread, so a test needs no subprocess and no fixed port. The
 server's loop is never the test's: synchronous and async tests alike can call it, and a
 test that blocks does not stall it. uvicorn installs signal handlers only on the main
-thread, so none are installed here; sandbox processes are children of this process,
-watched by asyncio's thread-safe child watcher (Python 3.11) or pidfds (3.12+).
+thread, so none are installed here; the processes the server starts (runc and
+slirp4netns for the fake runtime's sandboxes) are children of this process, watched by
+asyncio's thread-safe child watcher (Python 3.11) or pidfds (3.12+). A sandbox's own
+processes live in its container, whose init the host's init reaps once it ends.
 
 `stop()` deletes every sandbox and then shuts the server down, leaving no process, temp
 directory or container behind.

@@ -14,7 +14,6 @@ from docker.utils import parse_repository_tag
 from opensandbox_emulator.runtimes.base import DEFAULT_ENV_FILE, SandboxSpec
 from opensandbox_emulator.runtimes.docker import labels, tarstream
 from opensandbox_emulator.runtimes.docker.engine import Engine, explain, refused_as_invalid
-from opensandbox_emulator.runtimes.docker.limits import Limits
 from opensandbox_emulator.runtimes.docker.settings import DockerSettings
 from opensandbox_emulator.runtimes.failures import (
     ImageUnavailable,
@@ -23,6 +22,7 @@ from opensandbox_emulator.runtimes.failures import (
     StartFailed,
     SubPathNotFound,
 )
+from opensandbox_emulator.runtimes.limits import Limits
 
 log = logging.getLogger("opensandbox.runtime.docker")
 

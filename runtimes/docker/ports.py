@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 
 from opensandbox_emulator.runtimes.docker.engine import Engine, RawStream
 from opensandbox_emulator.runtimes.docker.execs import open_exec
 from opensandbox_emulator.runtimes.docker.relay import RELAY_ENV, LoopbackRelay, relay_argv
 from opensandbox_emulator.runtimes.docker.sandbox import DockerSandbox, inspect_container
-from opensandbox_emulator.runtimes.failures import NoNetworkAddress
+from opensandbox_emulator.runtimes.failures import NoNetworkAddress, PortUnreachable
 
 
 async def port_address(engine: Engine, sandbox: DockerSandbox, network: str, port: int
@@ -47,6 +49,24 @@ async def port_address(engine: Engine, sandbox: DockerSandbox, network: str, por
         relay = LoopbackRelay(port, open_relay)
         sandbox.relays[port] = (relay, await relay.start())
     return "127.0.0.1", sandbox.relays[port][1]
+
+
+async def connect(engine: Engine, sandbox: DockerSandbox, network: str,
+                  port: int) -> socket.socket:
+    """A connected socket to `port` of the sandbox, at the address `port_address` gives."""
+    host, target = await port_address(engine, sandbox, network, port)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (host, target)),
+                               10)
+    except (OSError, TimeoutError) as error:
+        sock.close()
+        reason = (os.strerror(error.errno).lower() if isinstance(error, OSError)
+                  and error.errno else "timed out")
+        raise PortUnreachable(port, f"{reason} at {host}:{target}") from None
+    return sock
 
 
 async def _accepts(address: str, port: int) -> bool:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
@@ -58,9 +59,8 @@ from opensandbox_emulator.runtimes.docker.expiry import (
     default_state_dir,
 )
 from opensandbox_emulator.runtimes.docker.filesystem import DockerFilesystem
-from opensandbox_emulator.runtimes.docker.limits import parse_limits
 from opensandbox_emulator.runtimes.docker.logs import entrypoint_output
-from opensandbox_emulator.runtimes.docker.ports import port_address
+from opensandbox_emulator.runtimes.docker.ports import connect
 from opensandbox_emulator.runtimes.docker.sandbox import DockerSandbox, inspect_container
 from opensandbox_emulator.runtimes.docker.settings import DockerSettings
 from opensandbox_emulator.runtimes.docker.stats import usage
@@ -79,6 +79,7 @@ from opensandbox_emulator.runtimes.failures import (
     SandboxMissing,
     StartFailed,
 )
+from opensandbox_emulator.runtimes.limits import parse_limits
 
 log = logging.getLogger("opensandbox.runtime.docker")
 
@@ -100,6 +101,11 @@ class DockerRuntime(Runtime):
     @property
     def isolation(self) -> str:
         return "docker"
+
+    def health(self) -> dict[str, Any]:
+        return {"isolation": {"mode": "docker"}, "network": {"mode": self.network},
+                "limits": {"mode": "docker", "memory": True, "cpu": True,
+                           "pids": self.settings.pids_limit, "pause": "docker pause"}}
 
     # --- start-up and shutdown -------------------------------------------------------------
 
@@ -291,8 +297,8 @@ class DockerRuntime(Runtime):
 
     # --- ports and metrics -----------------------------------------------------------------
 
-    async def port_address(self, sandbox_id: str, port: int) -> tuple[str, int]:
-        return await port_address(self.engine, self._sandbox(sandbox_id), self.network, port)
+    async def connect(self, sandbox_id: str, port: int) -> socket.socket:
+        return await connect(self.engine, self._sandbox(sandbox_id), self.network, port)
 
     async def usage(self, sandbox_id: str) -> ResourceUsage:
         return await usage(self.engine, self._sandbox(sandbox_id), self._host_cpus)

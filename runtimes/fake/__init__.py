@@ -1,4 +1,4 @@
-"""The default runtime: sandboxes on this host, isolated with bubblewrap, state in memory."""
+"""The default runtime: sandboxes as containers of this host's system (runc), state in memory."""
 
 from opensandbox_emulator.runtimes.fake.runtime import FakeRuntime
 

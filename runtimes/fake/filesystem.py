@@ -9,6 +9,11 @@ the object (or its parent directory) with `O_PATH|O_NOFOLLOW`, checks through
 works relative to that descriptor (`*at` calls, `dir_fd=`), so no later path lookup can be
 redirected.
 
+Ownership is translated both ways through the sandbox's id map (`ids.py`): a file the
+server creates is owned by the host ids of root inside (or of the owner asked for), and
+`FileInfo` names the owner the sandbox sees, from the sandbox's own /etc/passwd and
+/etc/group. On an idmapped volume the ids on disk are the sandbox's own.
+
 Blocking I/O runs in worker threads; reads and writes move at most `CHUNK_SIZE` at a time,
 so a 1 GB transfer costs the server about one chunk of memory.
 """
@@ -34,6 +39,7 @@ from opensandbox_emulator.runtimes.failures import (
     FileExists,
     FileFailure,
     FileNotFound,
+    InvalidArgument,
     IsADirectory,
     MoveIntoItself,
     NotADirectory,
@@ -42,6 +48,7 @@ from opensandbox_emulator.runtimes.failures import (
     PathReadOnly,
     RuntimeFailure,
 )
+from opensandbox_emulator.runtimes.fake.ids import SANDBOX_IDS, IdMap, overflow_id
 from opensandbox_emulator.runtimes.fake.layout import Mount, ResolvedPath, SandboxLayout
 from opensandbox_emulator.runtimes.filesystem import (
     CHUNK_SIZE,
@@ -149,10 +156,42 @@ def _temp_name(name: str) -> str:
 
 
 class FakeFilesystem(SandboxFilesystem):
-    def __init__(self, layout: SandboxLayout, home: str = "/root"):
+    def __init__(self, layout: SandboxLayout, home: str = "/root",
+                 ids: IdMap | None = None):
         self.layout = layout
         self.home = home or "/root"
+        self.ids = ids or IdMap.identity()
         self._real_roots: dict[str, str] = {}
+
+    # --- ownership -------------------------------------------------------------------------
+
+    def _stored_ids(self, mount: Mount, uid: int, gid: int) -> tuple[int, int]:
+        """The ids to store on `mount` for ids inside the sandbox (-1 stays "leave it")."""
+        if self.ids.is_identity or mount.idmapped:
+            return uid, gid
+        host_uid = -1 if uid == -1 else self.ids.uid_to_host(uid)
+        host_gid = -1 if gid == -1 else self.ids.gid_to_host(gid)
+        if host_uid is None or host_gid is None:
+            raise InvalidArgument(
+                f"id {uid if host_uid is None else gid} does not exist in the sandbox's user "
+                "namespace, which maps only " + self.ids.describe(),
+                field="owner" if host_uid is None else "group")
+        return host_uid, host_gid
+
+    def _seen_ids(self, mount: Mount, st: os.stat_result) -> tuple[int, int]:
+        """The owner and group of a file as the sandbox sees them."""
+        if self.ids.is_identity:
+            return st.st_uid, st.st_gid
+        if mount.idmapped:
+            return (st.st_uid if st.st_uid < SANDBOX_IDS else overflow_id("uid"),
+                    st.st_gid if st.st_gid < SANDBOX_IDS else overflow_id("gid"))
+        return self.ids.uid_from_host(st.st_uid), self.ids.gid_from_host(st.st_gid)
+
+    def _new_owner(self, mount: Mount) -> tuple[int, int]:
+        """Who owns what the server creates on `mount`: root inside (-1s: no change)."""
+        if self.ids.is_identity:
+            return -1, -1
+        return self._stored_ids(mount, 0, 0)
 
     # --- resolution and verified opens -----------------------------------------------------
 
@@ -239,10 +278,12 @@ class FakeFilesystem(SandboxFilesystem):
                 _close(fd)
         return AccountNames.parse(texts[0], texts[1])
 
-    def _info(self, shown: str, st: os.stat_result, names: AccountNames) -> FileInfo:
+    def _info(self, shown: str, st: os.stat_result, names: AccountNames,
+              mount: Mount) -> FileInfo:
+        uid, gid = self._seen_ids(mount, st)
         return FileInfo(path=shown, size=st.st_size, modified_ns=st.st_mtime_ns,
-                        changed_ns=st.st_ctime_ns, owner=names.user(st.st_uid),
-                        group=names.group(st.st_gid), mode=stat.S_IMODE(st.st_mode),
+                        changed_ns=st.st_ctime_ns, owner=names.user(uid),
+                        group=names.group(gid), mode=stat.S_IMODE(st.st_mode),
                         type=FileType.of(st.st_mode))
 
     def _ids(self, ownership: ChangeOwnership) -> tuple[int, int]:
@@ -253,9 +294,9 @@ class FakeFilesystem(SandboxFilesystem):
         names = self._names()
         return names.uid(ownership.owner), names.gid(ownership.group)
 
-    def _apply(self, fd: int, ownership: ChangeOwnership) -> None:
+    def _apply(self, fd: int, ownership: ChangeOwnership, mount: Mount) -> None:
         """chown, then chmod (chown clears set-id bits), on an `O_PATH` descriptor."""
-        uid, gid = self._ids(ownership)
+        uid, gid = self._stored_ids(mount, *self._ids(ownership))
         if uid != -1 or gid != -1:
             os.chown(_magic(fd), uid, gid)
         if ownership.mode:
@@ -273,7 +314,7 @@ class FakeFilesystem(SandboxFilesystem):
             st = os.fstat(fd)
         finally:
             os.close(fd)
-        return self._info(target.shown, st, self._names())
+        return self._info(target.shown, st, self._names(), target.mount)
 
     async def search(self, root: str, match: Callable[[str], bool]) -> list[FileInfo]:
         return await asyncio.to_thread(self._search, root, match)
@@ -289,7 +330,7 @@ class FakeFilesystem(SandboxFilesystem):
             st = os.fstat(fd)
             if not stat.S_ISDIR(st.st_mode):
                 if match(posixpath.basename(target.shown)):
-                    return [self._info(target.shown, st, names)]
+                    return [self._info(target.shown, st, names, target.mount)]
                 return []
             listing = self._reopen(fd, os.O_RDONLY | os.O_DIRECTORY)
             found: list[FileInfo] = []
@@ -329,7 +370,7 @@ class FakeFilesystem(SandboxFilesystem):
                     continue
                 if not stat.S_ISDIR(st.st_mode):
                     if match(name):
-                        found.append(self._info(child_shown, st, names))
+                        found.append(self._info(child_shown, st, names, mount))
                     continue
                 try:
                     child = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW
@@ -337,7 +378,7 @@ class FakeFilesystem(SandboxFilesystem):
                 except OSError:
                     continue  # replaced meanwhile: skip, as a walk racing `rm` would
             if depth is not None:
-                found.append(self._info(child_shown, os.fstat(child), names))
+                found.append(self._info(child_shown, os.fstat(child), names, mount))
                 if depth <= 1:
                     _close(child)
                     continue
@@ -373,7 +414,7 @@ class FakeFilesystem(SandboxFilesystem):
             raise _failure(error, "read", target.shown) from error
         finally:
             _close(fd)
-        return _Reader(handle, self._info(target.shown, st, self._names()))
+        return _Reader(handle, self._info(target.shown, st, self._names(), target.mount))
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -386,7 +427,7 @@ class FakeFilesystem(SandboxFilesystem):
         if target.is_mount_point:
             raise IsADirectory(target.shown, f"cannot write {target.shown}: it is a directory")
         target.resolved.require_writable()
-        uid, gid = self._ids(ownership)
+        uid, gid = self._stored_ids(target.mount, *self._ids(ownership))
         self._make_dirs(posixpath.dirname(target.sandbox_path), ChangeOwnership())
         parent, name = self._open_parent(target)
         temp = _temp_name(name)
@@ -403,6 +444,10 @@ class FakeFilesystem(SandboxFilesystem):
                 mode = ownership.mode or stat.S_IMODE(existing.st_mode)
                 uid = existing.st_uid if uid == -1 else uid
                 gid = existing.st_gid if gid == -1 else gid
+            else:
+                default_uid, default_gid = self._new_owner(target.mount)
+                uid = default_uid if uid == -1 else uid
+                gid = default_gid if gid == -1 else gid
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o600, dir_fd=parent)
         except OSError as error:
@@ -455,9 +500,12 @@ class FakeFilesystem(SandboxFilesystem):
                 fd = child
                 if created:
                     os.chmod(_magic(fd), NEW_DIR_MODE)  # whatever the server's umask
+                    owner = self._new_owner(target.mount)
+                    if owner != (-1, -1):
+                        os.chown(_magic(fd), *owner)
             if ownership.changes_anything:
                 target.resolved.require_writable()
-                self._apply(fd, ownership)
+                self._apply(fd, ownership, target.mount)
         except OSError as error:
             raise _failure(error, "create directory", shown) from error
         finally:
@@ -628,7 +676,7 @@ class FakeFilesystem(SandboxFilesystem):
             if not ownership.changes_anything:
                 return
             target.resolved.require_writable()
-            self._apply(fd, ownership)
+            self._apply(fd, ownership, target.mount)
         except OSError as error:
             raise _failure(error, "change permissions of", target.shown) from error
         finally:

@@ -1,42 +1,53 @@
 """How a fake sandbox's filesystem is laid out, and how its paths map to the host.
 
-A sandbox sees a private writable root, the host's system directories read-only, and its
-volumes at their mount paths. `SandboxLayout.resolve` maps a path *as the sandbox would see
-it*: `..` and symlinks are followed inside the sandbox's own view (an absolute symlink
-target starts again from the sandbox's root), so no path can reach host files the sandbox
-cannot see.
+A sandbox sees a private writable root, the host's system directories read-only, an `/etc`
+of its own (see `etc.py`) and its volumes at their mount paths. `SandboxLayout.resolve` maps
+a path *as the sandbox would see it*: `..` and symlinks are followed inside the sandbox's
+own view (an absolute symlink target starts again from the sandbox's root), so no path can
+reach host files the sandbox cannot see. The same table is what the container is built
+from (`oci.py`), so the server's view and the sandbox's never differ.
 """
 
 from __future__ import annotations
 
 import os
-import posixpath
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from opensandbox_emulator.runtimes.failures import (
     MountPathRefused,
     PathReadOnly,
-    RuntimeFailure,
     SymlinkLoop,
 )
+from opensandbox_emulator.runtimes.fake.etc import write_etc
+from opensandbox_emulator.runtimes.fake.ids import IdMap
 
 # Host directories every sandbox sees read-only. Those that are symlinks on the host
 # (`/bin -> usr/bin` on merged-/usr systems) are recreated as the same symlink instead.
-SYSTEM_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
 # Directories created empty inside every private root, with their modes.
 PRIVATE_DIRS = {"/tmp": 0o1777, "/root": 0o700, "/home": 0o755, "/var": 0o755,
                 "/var/tmp": 0o1777, "/run": 0o755, "/opt": 0o755, "/mnt": 0o755,
-                "/srv": 0o755, "/workspace": 0o755, "/dev": 0o755, "/proc": 0o555}
+                "/srv": 0o755, "/workspace": 0o755, "/dev": 0o755, "/proc": 0o555,
+                "/sys": 0o555, "/etc": 0o755}
 MAX_SYMLINK_HOPS = 40
 
 
 @dataclass(frozen=True)
 class Mount:
+    """One mount of the sandbox. `kind` is "bind", or a kernel filesystem the sandbox gets
+    on its own ("dev", "proc", "sys"), which the files API leaves alone. `idmapped`: the
+    host directory is mounted through an idmapped mount, so the ids stored on disk are the
+    ids the sandbox sees (a volume written by root inside is owned by root on the host,
+    as under Docker); otherwise the sandbox sees host ids through its user namespace."""
+
     sandbox_path: str
     host_path: str
     read_only: bool
-    kind: str = "bind"  # "bind" | "dev" | "proc"
+    kind: str = "bind"
+    idmapped: bool = False
+    bind_source: str | None = None  # what the container binds, when not `host_path`
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,17 @@ class ResolvedPath:
                                "write under /tmp, /workspace or a writable volume instead.")
 
 
+@dataclass(frozen=True)
+class RootSetup:
+    """What a private root is built with, beyond its volumes."""
+
+    ids: IdMap
+    hostname: str
+    address: str = "127.0.1.1"
+    nameservers: Sequence[str] = ()
+    extra: Sequence[Mount] = ()  # the init's interpreter, when the sandbox must be shown it
+    init_script: str | None = None  # copied to /opt/opensandbox/init.py
+
 class SandboxLayout:
     """The mount table of one sandbox. With `isolated=False` it is the identity map."""
 
@@ -66,32 +88,48 @@ class SandboxLayout:
         return cls("/", [Mount("/", "/", read_only=False)], isolated=False)
 
     @classmethod
-    def build(cls, root: str, volumes: list[Mount]) -> SandboxLayout:
-        """Create the private root on disk and return the sandbox's mount table."""
+    def build(cls, root: str, volumes: list[Mount], setup: RootSetup) -> SandboxLayout:
+        """Create the private root on disk, owned by the sandbox's root, and return the
+        sandbox's mount table."""
+        owner = setup.ids.root
         os.makedirs(root, exist_ok=True)
+        os.chown(root, *owner)
         mounts = [Mount("/", root, read_only=False)]
         for path, mode in PRIVATE_DIRS.items():
             host = root + path
             os.makedirs(host, exist_ok=True)
             os.chmod(host, mode)
+            os.chown(host, *owner)
         for path in SYSTEM_DIRS:
             if os.path.islink(path):
                 os.symlink(os.readlink(path), root + path)
+                os.lchown(root + path, *owner)
             elif os.path.isdir(path):
                 os.makedirs(root + path, exist_ok=True)
                 mounts.append(Mount(path, path, read_only=True))
+        shadow = _group_id("/etc/group", "shadow")
+        for entry in write_etc(root + "/etc", hostname=setup.hostname, address=setup.address,
+                               nameservers=list(setup.nameservers), owner=owner,
+                               shadow_gid=None if shadow is None
+                               else setup.ids.gid_to_host(shadow)):
+            mounts.append(Mount("/etc/" + entry.name, entry.host_path, read_only=True))
+        if setup.init_script is not None:
+            _install_init(root, setup.init_script, owner)
         mounts.append(Mount("/dev", "/dev", read_only=True, kind="dev"))
         mounts.append(Mount("/proc", "/proc", read_only=True, kind="proc"))
+        mounts.append(Mount("/sys", "/sys", read_only=True, kind="sys"))
         layout = cls(root, mounts)
-        for volume in volumes:
-            target = layout.resolve(volume.sandbox_path)
+        for extra in [*setup.extra, *volumes]:
+            target = layout.resolve(extra.sandbox_path)
             if target.read_only:
                 raise MountPathRefused(
-                    volume.sandbox_path,
-                    f"Volume mountPath {volume.sandbox_path} lies on a read-only system "
+                    extra.sandbox_path,
+                    f"Volume mountPath {extra.sandbox_path} lies on a read-only system "
                     "directory of the sandbox; mount it elsewhere (for example under /mnt).")
-            os.makedirs(target.host_path, exist_ok=True)
-            layout = cls(root, [*layout.mounts, volume])
+            _make_mount_point(target.host_path, os.path.isdir(extra.host_path),
+                              owner if not layout._mount_for(target.sandbox_path).idmapped
+                              else None)
+            layout = cls(root, [*layout.mounts, extra])
         return layout
 
     # --- mapping -------------------------------------------------------------------------
@@ -162,33 +200,51 @@ class SandboxLayout:
     def is_dir(self, path: str) -> bool:
         return os.path.isdir(self.resolve(path).host_path)
 
-    def find_executable(self, name: str, search_path: str) -> str | None:
-        """Look `name` up on the sandbox's PATH, as `execvp` inside it would."""
-        if "/" in name:
-            resolved = self.resolve(name)
-            return name if os.access(resolved.host_path, os.X_OK) else None
-        for directory in search_path.split(":"):
-            if not directory:
-                continue
-            candidate = posixpath.join(directory, name)
-            try:
-                host = self.resolve(candidate).host_path
-            except RuntimeFailure:
-                continue
-            if os.path.isfile(host) and os.access(host, os.X_OK):
-                return candidate
-        return None
 
-    def bubblewrap_args(self) -> list[str]:
-        """The bwrap options that build this view."""
-        args: list[str] = []
-        for mount in self.mounts:
-            if mount.kind == "dev":
-                args += ["--dev", mount.sandbox_path]
-            elif mount.kind == "proc":
-                args += ["--proc", mount.sandbox_path]
-            else:
-                flag = "--ro-bind" if mount.read_only else "--bind"
-                args += [flag, mount.host_path, mount.sandbox_path]
-        return args
 
+def _make_mount_point(host_path: str, directory: bool, owner: tuple[int, int] | None) -> None:
+    """Create the directory (or empty file) a mount goes on, and the missing directories
+    above it, owned by `owner` (None: leave them to whoever creates them)."""
+    missing = []
+    parent = os.path.dirname(host_path)
+    while not os.path.lexists(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for path in reversed(missing):
+        os.mkdir(path, 0o755)
+        if owner is not None:
+            os.chown(path, *owner)
+    if os.path.lexists(host_path):
+        return
+    if directory:
+        os.mkdir(host_path, 0o755)
+    else:
+        with open(host_path, "w"):
+            pass
+    if owner is not None:
+        os.chown(host_path, *owner)
+
+
+def _install_init(root: str, script: str, owner: tuple[int, int]) -> None:
+    """The init's program in the private root, owned by the host's root: the sandbox can
+    read it, not change it (it is read once, when the sandbox starts, anyway). Its
+    directory is the sandbox root's, as upstream's `/opt/opensandbox` is (the env file
+    lives there)."""
+    directory = root + "/opt/opensandbox"
+    os.makedirs(directory, 0o755, exist_ok=True)
+    os.chown(directory, *owner)
+    with open(script, "rb") as source, open(directory + "/init.py", "wb") as target:
+        target.write(source.read())
+    os.chmod(directory + "/init.py", 0o444)
+
+
+def _group_id(path: str, name: str) -> int | None:
+    try:
+        with open(path) as handle:
+            for line in handle:
+                fields = line.split(":")
+                if len(fields) >= 3 and fields[0] == name and fields[2].isdigit():
+                    return int(fields[2])
+    except OSError:
+        pass
+    return None

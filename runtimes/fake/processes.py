@@ -1,8 +1,16 @@
-"""Processes of fake sandboxes: started in their own session, found again through /proc.
+"""A fake sandbox's processes, seen from the server.
 
-Each process the runtime starts leads a new session (and process group). A sandbox's
-processes are every live process in one of its sessions, plus their descendants, so that
-pause, resume and destroy reach children that a command left running.
+Each process is started by the sandbox's init (see `sandbox_init.py`), in a session and
+process group of its own. The server holds the other ends of its pipes, so its output is
+read here exactly as from a local child, with the pipe's backpressure; its end comes from
+the init's report. Signals go through the init, to the whole group.
+
+A frozen (paused) sandbox runs nothing, its init included: a SIGKILL sent meanwhile
+counts at once (the command is reported killed, as a paused Docker container's is), and
+takes effect at once or, under a v1 freezer, when the sandbox thaws.
+
+Also here: the few /proc readings the server does from the host (descendants of a process,
+resident memory and CPU time), for sandboxes without a cgroup of their own.
 """
 
 from __future__ import annotations
@@ -11,107 +19,19 @@ import asyncio
 import contextlib
 import os
 import signal
-from typing import Any
+import time
+from collections.abc import Callable, Iterable
 
-from opensandbox_emulator.runtimes.base import ExitStatus, SandboxProcess
+from opensandbox_emulator.runtimes.base import (
+    ExitStatus,
+    ProcessInput,
+    ProcessOutput,
+    ProcessTerminal,
+    SandboxProcess,
+)
+from opensandbox_emulator.runtimes.fake.control import InitChannel
 
-
-def stat_fields(pid: int) -> list[str] | None:
-    """The fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, session,
-    …, see proc(5), less 3 in numbering), or None when the process is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            raw = handle.read().decode(errors="replace")
-    except OSError:
-        return None
-    return raw[raw.rfind(")") + 2:].split()
-
-
-def _read_stat(pid: int) -> tuple[int, int, str] | None:
-    """(ppid, session id, state) of a live process, or None when it is gone."""
-    fields = stat_fields(pid)
-    if fields is None:
-        return None
-    return int(fields[1]), int(fields[3]), fields[0]
-
-
-def processes_of(sessions: set[int]) -> set[int]:
-    """Live pids in one of `sessions`, or descended from one of those."""
-    table: dict[int, tuple[int, int, str]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            info = _read_stat(int(entry))
-            if info is not None and info[2] != "Z":
-                table[int(entry)] = info
-    members = {pid for pid, (_, sid, _) in table.items() if sid in sessions}
-    grew = True
-    while grew:
-        grew = False
-        for pid, (ppid, _, _) in table.items():
-            if pid not in members and ppid in members:
-                members.add(pid)
-                grew = True
-    return members
-
-
-def signal_all(sessions: set[int], sig: int, *, rounds: int = 3) -> None:
-    """Signal every process of the sessions; repeat to catch what was forked meanwhile."""
-    seen: set[int] = set()
-    for _ in range(rounds):
-        pids = processes_of(sessions) - seen
-        if not pids:
-            break
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        seen |= pids
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class _ExitProtocol(asyncio.subprocess.SubprocessStreamProtocol):
-    """Also resolves `exited` as soon as the process itself ends. (On Python 3.11,
-    `Process.wait()` also waits for every pipe to close, which never happens while a
-    child the command left running still holds its stdout.)"""
-
-    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop):
-        super().__init__(limit=limit, loop=loop)
-        self.exited: asyncio.Future[None] = loop.create_future()
-
-    def process_exited(self) -> None:
-        super().process_exited()
-        if not self.exited.done():
-            self.exited.set_result(None)
-
-
-async def start_process(*command: str, limit: int, wrapped: bool = False,
-                        **options: Any) -> LocalProcess:
-    """`asyncio.create_subprocess_exec`, but with a `wait()` that ends when the process
-    does, not when its pipes close. `wrapped`: the process is a wrapper (bwrap) that runs
-    the real command as its child and exits with the child's status."""
-    loop = asyncio.get_running_loop()
-    transport, protocol = await loop.subprocess_exec(
-        lambda: _ExitProtocol(limit, loop), *command, **options)
-    return LocalProcess(asyncio.subprocess.Process(transport, protocol, loop),
-                        exited=protocol.exited, wrapped=wrapped)
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live pids in process group `pgid`."""
-    members = []
-    for entry in os.listdir("/proc"):
-        fields = stat_fields(int(entry)) if entry.isdigit() else None
-        if fields is not None and int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry))
-    return members
+PIPE_LIMIT = 64 * 1024  # per-stream read buffer; past it the pipe pushes back on the writer
 
 
 class PipeInput:
@@ -133,47 +53,156 @@ class PipeInput:
             await self._writer.wait_closed()
 
 
-class LocalProcess(SandboxProcess):
-    """An asyncio subprocess; its pid is also its process group and session id."""
+async def read_pipe(fd: int) -> asyncio.StreamReader:
+    """An asyncio reader over the read end `fd` of a pipe (owned by it from now on)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=PIPE_LIMIT, loop=loop)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop),
+                                 os.fdopen(fd, "rb", buffering=0))
+    return reader
 
-    def __init__(self, process: asyncio.subprocess.Process,
-                 exited: asyncio.Future[None] | None = None, *, wrapped: bool = False):
-        self._process = process
+
+class _WriteProtocol(asyncio.streams.FlowControlMixin):
+    """Flow control for a pipe we write to, and the close waiter `StreamWriter` needs."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        super().__init__(loop=loop)
+        self._closed: asyncio.Future[None] = loop.create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    def _get_close_waiter(self, stream: asyncio.StreamWriter) -> asyncio.Future[None]:
+        return self._closed
+
+
+async def write_pipe(fd: int) -> PipeInput:
+    """An asyncio writer over the write end `fd` of a pipe (owned by it from now on)."""
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.connect_write_pipe(
+        lambda: _WriteProtocol(loop), os.fdopen(fd, "wb", buffering=0))
+    return PipeInput(asyncio.StreamWriter(transport, protocol, None, loop))
+
+
+class InitProcess(SandboxProcess):
+    """A process the sandbox's init started; `pid` is its pid inside the sandbox (also its
+    process group and session)."""
+
+    def __init__(self, channel: InitChannel, pid: int, exited: asyncio.Future[ExitStatus], *,
+                 stdout: ProcessOutput, stderr: ProcessOutput | None,
+                 stdin: ProcessInput | None, frozen: Callable[[], bool],
+                 explain_kill: Callable[[], str | None] | None = None,
+                 terminal: ProcessTerminal | None = None):
+        self.pid = pid
+        self.stdout = stdout
+        self.stderr = stderr
+        self.stdin = stdin
+        self.terminal = terminal
+        self._channel = channel
         self._exited = exited
-        self._wrapped = wrapped
-        self.pid = process.pid
-        if process.stdout is not None:  # None on a terminal, which the caller reads
-            self.stdout = process.stdout
-        self.stderr = process.stderr
-        self.stdin = PipeInput(process.stdin) if process.stdin is not None else None
+        self._frozen = frozen
+        self._explain_kill = explain_kill
         self._signalled: int | None = None
+        self._killed_while_frozen = asyncio.Event()
 
     async def wait(self) -> ExitStatus:
-        if self._exited is not None:
-            await asyncio.shield(self._exited)
-            code = self._process.returncode
-            assert code is not None
-        else:
-            code = await self._process.wait()
-        if code < 0:
-            return ExitStatus(signal=-code)
-        # bwrap reports a child killed by signal N as 128+N; when we sent that signal
-        # ourselves, report it as the signal it was.
-        if self._signalled is not None and code == 128 + self._signalled:
-            return ExitStatus(signal=self._signalled)
-        return ExitStatus(code=code)
+        killed = asyncio.ensure_future(self._killed_while_frozen.wait())
+        try:
+            await asyncio.wait({asyncio.ensure_future(asyncio.shield(self._exited)), killed},
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            killed.cancel()
+        if not self._exited.done():
+            return ExitStatus(signal=signal.SIGKILL)
+        status = self._exited.result()
+        if status.signal == signal.SIGKILL and self._signalled != signal.SIGKILL \
+                and self._explain_kill is not None:
+            reason = self._explain_kill()
+            if reason:
+                return ExitStatus(signal=signal.SIGKILL, reason=reason)
+        return status
 
     async def signal_group(self, sig: int) -> None:
-        if sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
+        if sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             self._signalled = sig
-        if self._wrapped and sig not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT):
-            # A signal the command may handle (a TERM trap that cleans up) must not reach
-            # bwrap, which would die of it and take the command down mid-handler. bwrap
-            # exits by itself, with the command's status, once the command ends.
-            for pid in group_members(self.pid):
-                if pid != self.pid:
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.kill(pid, sig)
+        if self._exited.done():
             return
+        self._channel.signal(self.pid, sig)
+        if sig == signal.SIGKILL and self._frozen():
+            self._killed_while_frozen.set()
+
+
+# --- reading /proc -------------------------------------------------------------------------
+
+
+def stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, session,
+    …, see proc(5), less 3 in numbering), or None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            raw = handle.read().decode(errors="replace")
+    except OSError:
+        return None
+    return raw[raw.rfind(")") + 2:].split()
+
+
+def _parents() -> dict[int, int]:
+    table: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = stat_fields(int(entry))
+            if fields is not None and fields[0] != "Z":
+                table[int(entry)] = int(fields[1])
+    return table
+
+
+def descendants(root: int) -> set[int]:
+    """Live pids descended from `root` (not `root` itself)."""
+    table = _parents()
+    found: set[int] = set()
+    grew = True
+    while grew:
+        grew = False
+        for pid, parent in table.items():
+            if pid not in found and (parent == root or parent in found):
+                found.add(pid)
+                grew = True
+    return found
+
+
+def in_namespace_of(init_pid: int) -> set[int]:
+    """Host pids of the processes in the PID namespace whose init is `init_pid`."""
+    try:
+        wanted = os.stat(f"/proc/{init_pid}/ns/pid").st_ino
+    except OSError:
+        return set()
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.stat(f"/proc/{entry}/ns/pid").st_ino == wanted:
+                    found.add(int(entry))
+    return found
+
+
+def signal_pids(pids: Iterable[int], sig: int) -> None:
+    for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, sig)
+            os.kill(pid, sig)
+
+
+def sample(pids: Iterable[int]) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds used, resident bytes) of `pids`."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    page = os.sysconf("SC_PAGE_SIZE")
+    cpu = 0.0
+    rss = 0
+    for pid in pids:
+        fields = stat_fields(pid)
+        if fields is None:
+            continue
+        cpu += (int(fields[11]) + int(fields[12])) / ticks
+        rss += int(fields[21]) * page
+    return time.monotonic(), cpu, rss

@@ -1,27 +1,33 @@
-"""`FakeRuntime`: sandboxes as bubblewrap views of this host, kept in memory.
+"""`FakeRuntime`: sandboxes as containers of this host's system, kept in memory.
 
-Each sandbox gets a private root directory under the state directory. Every process of the
-sandbox (its entrypoint and each execd command) is its own `bwrap` invocation over the same
-mount table, so they all share one filesystem view, while `/tmp` and the rest stay private
-to the sandbox. Processes share the host's network, so a sandbox's ports are on loopback.
+Each sandbox gets a private root directory under the state directory and a container of its
+own (see `launch.py` and `oci.py`): its own user, PID, mount, network, IPC, UTS and cgroup
+namespaces, Docker's default capabilities and seccomp profile, cgroup limits, and a network
+with a way out through slirp4netns. Its first process is an init of ours, which starts every
+other process of the sandbox (the entrypoint, execd commands, code interpreters) inside those
+namespaces on the server's request, and hands back connections to the sandbox's ports.
 
-Without bubblewrap (or without the privileges it needs), processes run directly on the
-host with no isolation; the runtime says so loudly through `warnings`.
+How much of that a host allows is decided at start-up (`isolation.py`); without any of it,
+processes run directly on the host with no isolation, and the runtime says so loudly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 from opensandbox_emulator.runtimes.base import (
     DEFAULT_ENV_FILE,
@@ -40,6 +46,7 @@ from opensandbox_emulator.runtimes.base import (
 from opensandbox_emulator.runtimes.failures import (
     ExecutableNotFound,
     InvalidArgument,
+    PortUnreachable,
     RuntimeFailure,
     SandboxMissing,
     SpawnFailed,
@@ -51,38 +58,50 @@ from opensandbox_emulator.runtimes.failures import (
     VolumeNotFound,
     VolumesUnsupported,
 )
+from opensandbox_emulator.runtimes.fake import sandbox_init as wire
+from opensandbox_emulator.runtimes.fake.control import ChannelClosed, InitFailure
 from opensandbox_emulator.runtimes.fake.filesystem import FakeFilesystem
-from opensandbox_emulator.runtimes.fake.layout import Mount, SandboxLayout
+from opensandbox_emulator.runtimes.fake.isolation import Plan, normalise, plan
+from opensandbox_emulator.runtimes.fake.launch import (
+    Box,
+    Launcher,
+    LaunchFailed,
+    LaunchRequest,
+    remove_directories,
+)
+from opensandbox_emulator.runtimes.fake.layout import Mount
+from opensandbox_emulator.runtimes.fake.oci import Resources
 from opensandbox_emulator.runtimes.fake.processes import (
-    LocalProcess,
-    processes_of,
-    signal_all,
-    start_process,
-    stat_fields,
+    PIPE_LIMIT,
+    InitProcess,
+    descendants,
+    in_namespace_of,
+    read_pipe,
+    sample,
+    write_pipe,
 )
 from opensandbox_emulator.runtimes.fake.snapshots import SnapshotStore
-from opensandbox_emulator.runtimes.fake.terminal import (
-    CONTROLLING_TERMINAL,
-    PseudoTerminal,
-    TerminalProcess,
-)
+from opensandbox_emulator.runtimes.fake.terminal import PseudoTerminal, TerminalControl
+from opensandbox_emulator.runtimes.limits import parse_limits
 from opensandbox_emulator.runtimes.output_tail import OutputTail
 
 log = logging.getLogger("opensandbox.runtime.fake")
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-PIPE_LIMIT = 64 * 1024  # per-stream read buffer; past it the pipe pushes back on the writer
 ENTRYPOINT_OUTPUT_BYTES = 1024 * 1024  # the newest output of an entrypoint kept, for diagnostics
+DEFAULT_PIDS_LIMIT = 512
+# Files of /etc that name the sandbox: a restored sandbox keeps its own, not its source's.
+IDENTITY_FILES = ("hostname", "hosts", "resolv.conf")
 
 
 @dataclass
 class FakeSandbox:
     spec: SandboxSpec
     directory: str
-    layout: SandboxLayout
+    box: Box
     env: dict[str, str]
-    sessions: set[int] = field(default_factory=set)
-    main: LocalProcess | None = None
+    resources: Resources
+    main: InitProcess | None = None
     exit: ExitStatus | None = None
     finished_at: datetime | None = None
     paused: bool = False
@@ -95,15 +114,14 @@ class FakeRuntime(Runtime):
     name = "fake"
 
     def __init__(self, *, state_dir: str | None = None, volumes_root: str | None = None,
-                 isolation: str = "auto"):
-        if isolation not in ("auto", "bubblewrap", "none"):
-            raise ValueError("isolation must be 'auto', 'bubblewrap' or 'none'")
+                 isolation: str = "auto", pids_limit: int | None = DEFAULT_PIDS_LIMIT):
+        normalise(isolation)  # a bad level fails here, before anything is created
         self._own_state_dir = state_dir is None
         self.state_dir = state_dir or tempfile.mkdtemp(prefix="opensandbox-emulator-")
         self.volumes_root = volumes_root or os.path.join(self.state_dir, "volumes")
         self._isolation_wanted = isolation
-        self._bwrap: str | None = None
-        self._warnings: list[str] = []
+        self._pids_limit = pids_limit or None
+        self._plan: Plan | None = None
         self._sandboxes: dict[str, FakeSandbox] = {}
         self.snapshots = SnapshotStore(self.state_dir)
 
@@ -111,57 +129,40 @@ class FakeRuntime(Runtime):
 
     @property
     def isolation(self) -> str:
-        return "bubblewrap" if self._bwrap else "none"
+        return self._plan.isolation["mode"] if self._plan is not None else "none"
+
+    def health(self) -> dict[str, Any]:
+        if self._plan is None:
+            return super().health()
+        return {"isolation": self._plan.isolation, "network": self._plan.network,
+                "limits": self._plan.limits}
 
     @property
     def warnings(self) -> list[str]:
-        return list(self._warnings)
+        return list(self._plan.warnings) if self._plan is not None else []
 
     async def start(self) -> list[SandboxSpec]:
         os.makedirs(os.path.join(self.state_dir, "sandboxes"), exist_ok=True)
+        os.chmod(self.state_dir, 0o711)
         os.makedirs(self.volumes_root, exist_ok=True)
-        if self._isolation_wanted != "none":
-            problem = await self._probe_bubblewrap()
-            if problem is None:
-                self._bwrap = shutil.which("bwrap")
-            elif self._isolation_wanted == "bubblewrap":
-                raise Unavailable(f"bubblewrap isolation was required but {problem}")
-            else:
-                self._warnings.append(
-                    f"NO ISOLATION: {problem}. Sandbox processes run directly on this host and "
-                    "see its whole filesystem. Install bubblewrap (apt-get install bubblewrap) "
-                    "for private /tmp and working directories.")
-        else:
-            self._warnings.append("NO ISOLATION: [fake] isolation = \"none\" was configured.")
+        self._plan = await plan(self._isolation_wanted, self.state_dir,
+                                pids_limit=self._pids_limit)
         return []
 
-    async def _probe_bubblewrap(self) -> str | None:
-        """None when bwrap can build a sandbox view here, else why it cannot."""
-        bwrap = shutil.which("bwrap")
-        if bwrap is None:
-            return "bubblewrap (bwrap) is not installed"
-        probe_root = tempfile.mkdtemp(prefix="probe-", dir=self.state_dir)
-        try:
-            layout = SandboxLayout.build(os.path.join(probe_root, "root"), [])
-            process = await asyncio.create_subprocess_exec(
-                bwrap, *layout.bubblewrap_args(), "--", "/bin/sh", "-c", "echo ok",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                stdin=asyncio.subprocess.DEVNULL)
-            out, err = await process.communicate()
-            if process.returncode != 0 or out.strip() != b"ok":
-                return f"bubblewrap cannot create a sandbox here: {err.decode().strip()}"
-            return None
-        finally:
-            shutil.rmtree(probe_root, ignore_errors=True)
+    @property
+    def _launcher(self) -> Launcher:
+        if self._plan is None:
+            raise Unavailable("the fake runtime has not been started")
+        return self._plan.launcher
 
     async def close(self) -> None:
-        # All at once: one /proc scan per round for every sandbox, not several per sandbox
-        # (with a thousand sandboxes, one by one took minutes).
         sandboxes = list(self._sandboxes.values())
         self._sandboxes.clear()
         await self._teardown(sandboxes)
+        if self._plan is not None:
+            await self._plan.launcher.close()
         if self._own_state_dir:
-            shutil.rmtree(self.state_dir, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, self.state_dir, True)
 
     # --- provisioning --------------------------------------------------------------------
 
@@ -200,38 +201,48 @@ class FakeRuntime(Runtime):
                 f"platform {spec.platform[0]}/{spec.platform[1]} cannot be satisfied: the fake "
                 f"runtime runs sandboxes on this host, which is linux/{_host_arch()}. Leave "
                 "platform out, or ask for linux/" + _host_arch() + ".", field="platform")
-        if spec.snapshot_id is not None and not self._bwrap:
-            raise Unsupported("Restoring a snapshot needs bubblewrap isolation (a private "
-                              "root to restore into), which this server does not have.")
+        if spec.snapshot_id is not None and self.isolation == "none":
+            raise Unsupported("Restoring a snapshot needs isolation (a private root to restore "
+                              "into), which this server does not have; see GET /health.")
+        limits = parse_limits(spec.resource_limits)
+        resources = Resources(memory_bytes=limits.memory_bytes, nano_cpus=limits.nano_cpus,
+                              pids=self._pids_limit)
         directory = os.path.join(self.state_dir, "sandboxes", spec.sandbox_id)
-        if self._bwrap:
-            volumes = []
-            for volume in spec.volumes:
-                source = volume.source
-                if volume.kind == "pvc":
-                    source = await self.resolve_named_volume(volume.source, volume.sub_path)
-                volumes.append(Mount(volume.mount_path, source, volume.read_only))
+        volumes = []
+        for volume in spec.volumes:
+            source = volume.source
+            if volume.kind == "pvc":
+                source = await self.resolve_named_volume(volume.source, volume.sub_path)
+            volumes.append(Mount(volume.mount_path, source, volume.read_only))
+        if volumes and self.isolation == "none":
+            raise VolumesUnsupported("Volumes need isolation, which this server does not have "
+                                     "(see GET /health); drop the volumes or give the server "
+                                     "runc.")
+        hostname = _hostname(spec.sandbox_id)
+        try:
+            box = await self._launcher.launch(LaunchRequest(
+                sandbox_id=spec.sandbox_id, directory=directory, volumes=volumes,
+                resources=resources, hostname=hostname))
+        except RuntimeFailure:
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+            raise
+        except LaunchFailed as error:
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+            raise StartFailed(f"Failed to start the sandbox: {error}") from error
+        if spec.snapshot_id is not None:
             try:
-                layout = SandboxLayout.build(os.path.join(directory, "root"), volumes)
-                if spec.snapshot_id is not None:
-                    await self.snapshots.restore(spec.snapshot_id, layout.root)
+                await self._restore(spec.snapshot_id, box)
             except BaseException:
-                shutil.rmtree(directory, ignore_errors=True)
+                await self._launcher.end([box])
+                await asyncio.to_thread(shutil.rmtree, directory, True)
                 raise
-        else:
-            if spec.volumes:
-                raise VolumesUnsupported("Volumes need bubblewrap isolation, which this server "
-                                         "does not have; install bubblewrap or drop the "
-                                         "volumes.")
-            os.makedirs(directory, exist_ok=True)
-            layout = SandboxLayout.identity()
-        env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LANG": "C.UTF-8",
-               "HOSTNAME": _hostname(spec.sandbox_id)}
+        env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LANG": "C.UTF-8", "HOSTNAME": hostname}
         env.update(spec.env)
-        env.setdefault("EXECD_ENVS", DEFAULT_ENV_FILE if layout.isolated else
+        env.setdefault("EXECD_ENVS", DEFAULT_ENV_FILE if box.pid_namespace else
                        os.path.join(directory, "opensandbox.env"))
-        _touch(layout, env["EXECD_ENVS"])
-        sandbox = FakeSandbox(spec=spec, directory=directory, layout=layout, env=env)
+        await asyncio.to_thread(_touch, box, env["EXECD_ENVS"])
+        sandbox = FakeSandbox(spec=spec, directory=directory, box=box, env=env,
+                              resources=resources)
         self._sandboxes[spec.sandbox_id] = sandbox
         try:
             sandbox.main = await self._start(sandbox, SpawnRequest(argv=list(spec.entrypoint)))
@@ -242,21 +253,31 @@ class FakeRuntime(Runtime):
 
     async def _watch_main(self, sandbox: FakeSandbox) -> None:
         assert sandbox.main is not None
+        main = sandbox.main
 
         # The entrypoint's output is read as it comes (so it never blocks on a pipe) and its
         # newest bytes kept for diagnostics.
-        async def drain(stream: object) -> None:
+        async def drain(stream: asyncio.StreamReader | None) -> None:
             if stream is None:
                 return
-            while chunk := await stream.read(PIPE_LIMIT):  # type: ignore[attr-defined]
-                sandbox.output.write(chunk)
+            with contextlib.suppress(OSError, ValueError):
+                while chunk := await stream.read(PIPE_LIMIT):
+                    sandbox.output.write(chunk)
 
         # Record the exit as soon as the entrypoint itself ends: a child it left running may
         # hold the pipes open for much longer (`sh -c "daemon & exit 0"`), and the sandbox
-        # must not look Running meanwhile. Keep draining until that child lets go.
-        drains = asyncio.gather(drain(sandbox.main.stdout), drain(sandbox.main.stderr))
+        # must not look Running meanwhile. Keep draining until that child lets go. If the
+        # init itself goes (killed from outside), the sandbox has ended too.
+        drains = asyncio.gather(drain(main.stdout), drain(main.stderr))
         try:
-            sandbox.exit = await sandbox.main.wait()
+            waiting = asyncio.ensure_future(main.wait())
+            await asyncio.wait({waiting, sandbox.box.ended}, return_when=asyncio.FIRST_COMPLETED)
+            if waiting.done():
+                sandbox.exit = waiting.result()
+            else:
+                waiting.cancel()
+                sandbox.exit = ExitStatus(signal=signal.SIGKILL,
+                                          reason="the sandbox's init ended")
             sandbox.finished_at = datetime.now(UTC)
             await drains
         finally:
@@ -271,94 +292,68 @@ class FakeRuntime(Runtime):
         return sandbox
 
     async def spawn(self, sandbox_id: str, request: SpawnRequest) -> SandboxProcess:
-        sandbox = self._get(sandbox_id)
-        if request.terminal is None:
-            return await self._start(sandbox, request)
-        tty = PseudoTerminal(request.terminal)
-        try:
-            wrapper = await self._start(sandbox, request, tty)
-        except BaseException:
-            tty.release()
-            raise
-        tty.release_slave()
-        return TerminalProcess(wrapper, tty)
+        return await self._start(self._get(sandbox_id), request)
 
-    async def _start(self, sandbox: FakeSandbox, request: SpawnRequest,
-                     tty: PseudoTerminal | None = None) -> LocalProcess:
-        env = {**sandbox.env, **request.env}
-        cwd = request.cwd or "/"
-        layout = sandbox.layout
-        if not cwd.startswith("/"):
-            cwd = "/" + cwd
-        if not layout.is_dir(cwd):
-            raise SpawnFailed(f"working directory {cwd} does not exist in the sandbox: "
-                              "no such file or directory")
+    async def _start(self, sandbox: FakeSandbox, request: SpawnRequest) -> InitProcess:
         if not request.argv:
             raise SpawnFailed("empty command")
-        program = request.argv[0]
-        if layout.find_executable(program, env.get("PATH", DEFAULT_PATH)) is None:
-            raise ExecutableNotFound(program)
-        argv = list(request.argv)
+        if sandbox.paused:
+            raise SpawnFailed("the sandbox is paused; resume it first", wrong_state=True)
+        env = {**sandbox.env, **request.env}
+        cwd = request.cwd or "/"
+        if not cwd.startswith("/"):
+            cwd = "/" + cwd
+        tty = PseudoTerminal(request.terminal) if request.terminal is not None else None
+        ours: list[int] = []  # the server's ends, closed if the spawn fails
         if tty is not None:
-            if layout.find_executable(CONTROLLING_TERMINAL[0], DEFAULT_PATH) is None:
-                raise SpawnFailed("a terminal needs util-linux's setsid in the sandbox")
-            argv = [*CONTROLLING_TERMINAL, *argv]
-        if request.uid is not None or request.gid is not None:
-            ids = []
-            if request.uid is not None:
-                ids.append(f"--reuid={request.uid}")
-            ids.append(f"--regid={request.gid if request.gid is not None else request.uid}")
-            argv = ["setpriv", *ids, "--clear-groups", "--", *argv]
-        if self._bwrap:
-            command = [self._bwrap, *layout.bubblewrap_args(), "--unshare-ipc",
-                       "--unshare-uts", "--hostname", env["HOSTNAME"], "--die-with-parent",
-                       "--chdir", cwd, "--", *argv]
-            host_cwd = None
+            in_r, out_w, err_w = tty.slave_copies()
         else:
-            command = argv
-            host_cwd = layout.resolve(cwd).host_path
-        stderr = asyncio.subprocess.STDOUT if request.merge_stderr else asyncio.subprocess.PIPE
-        stdio: dict[str, int] = tty.stdio() if tty is not None else {
-            "stdin": asyncio.subprocess.PIPE if request.stdin else asyncio.subprocess.DEVNULL,
-            "stdout": asyncio.subprocess.PIPE, "stderr": stderr}
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe() if not request.merge_stderr else (None, None)
+            in_r, in_w = os.pipe() if request.stdin else (None, None)
+            ours = [fd for fd in (out_r, err_r, in_w) if fd is not None]
+        box = sandbox.box
+        oom_before = box.cgroup.oom_kills() if box.cgroup is not None else 0
         try:
-            process = await start_process(
-                *command, **stdio, env=env, cwd=host_cwd, start_new_session=True,
-                limit=PIPE_LIMIT, wrapped=self._bwrap is not None)
-        except OSError as error:
-            raise SpawnFailed(f"fork/exec {program}: {error.strerror}") from error
-        sandbox.sessions.add(process.pid)
-        return process
+            pid, exited = await box.channel.spawn(
+                argv=list(request.argv), env=env, cwd=cwd, uid=request.uid, gid=request.gid,
+                stdin=in_r, stdout=out_w, stderr=err_w, tty=tty is not None)
+        except (InitFailure, ChannelClosed) as error:
+            for fd in ours:
+                os.close(fd)
+            if tty is not None:
+                tty.release()
+            if isinstance(error, InitFailure):
+                raise _spawn_failure(error, request, cwd) from None
+            raise SpawnFailed("the sandbox is not running (its init has ended)",
+                              wrong_state=True) from None
 
-    def _live_sessions(self, sandbox: FakeSandbox) -> set[int]:
-        """Forget sessions with no process left, so a reused pid is never mistaken for ours."""
-        live = processes_of(sandbox.sessions)
-        alive_sessions = {sid for sid in sandbox.sessions if _session_of_any(sid, live)}
-        sandbox.sessions = alive_sessions
-        return alive_sessions
+        def explain_kill() -> str | None:
+            cgroup = box.cgroup
+            if cgroup is None or cgroup.oom_kills() <= oom_before:
+                return None
+            limit = sandbox.resources.memory_bytes
+            return ("out of memory: the sandbox reached its memory limit"
+                    + (f" of {_size(limit)}" if limit else ""))
 
-    def _signal_everything(self, sandbox: FakeSandbox, sig: int) -> bool:
-        """Signal every process of the sandbox; False when there was none.
-
-        Its sessions (and their descendants) are most of it; with isolation, so is every
-        process whose root directory is the sandbox's private root, which also catches a
-        daemon that left its session (`setsid`) and was orphaned to init."""
-        sessions = self._live_sessions(sandbox)
-        signal_all(sessions, sig)
-        strays = _rooted_in(_roots_of([sandbox]))
-        for pid in strays:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        return bool(sessions or strays)
+        if tty is not None:
+            tty.release_slave()  # the process holds it now: reads end when it goes
+            return InitProcess(box.channel, pid, exited, stdout=tty, stderr=None, stdin=tty,
+                               frozen=lambda: sandbox.paused, explain_kill=explain_kill,
+                               terminal=TerminalControl(tty))
+        return InitProcess(box.channel, pid, exited, stdout=await read_pipe(out_r),
+                           stderr=await read_pipe(err_r) if err_r is not None else None,
+                           stdin=await write_pipe(in_w) if in_w is not None else None,
+                           frozen=lambda: sandbox.paused, explain_kill=explain_kill)
 
     async def pause(self, sandbox_id: str) -> None:
         sandbox = self._get(sandbox_id)
-        self._signal_everything(sandbox, signal.SIGSTOP)
         sandbox.paused = True
+        await self._launcher.pause(sandbox.box)
 
     async def resume(self, sandbox_id: str) -> None:
         sandbox = self._get(sandbox_id)
-        self._signal_everything(sandbox, signal.SIGCONT)
+        await self._launcher.resume(sandbox.box)
         sandbox.paused = False
 
     async def destroy(self, sandbox_id: str) -> None:
@@ -368,31 +363,20 @@ class FakeRuntime(Runtime):
 
     async def _teardown(self, sandboxes: list[FakeSandbox]) -> None:
         """Kill every process of `sandboxes` (frozen ones too) and remove their roots."""
-        sessions = set().union(*(sandbox.sessions for sandbox in sandboxes))
-        roots = _roots_of(sandboxes)
-        for _ in range(5):
-            # Members of the sessions and their descendants, plus whatever else runs with a
-            # sandbox's root as its root (a daemon that left its session and was orphaned).
-            victims = processes_of(sessions) | _rooted_in(roots)
-            if not victims:
-                break
-            for pid in victims:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-                    os.kill(pid, signal.SIGCONT)
-            await asyncio.sleep(0.01)
+        if not sandboxes:
+            return
+        await self._launcher.end([s.box for s in sandboxes])
         watchers = [s.watcher for s in sandboxes if s.watcher is not None]
         if watchers:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.gather(*watchers, return_exceptions=True),
                                        timeout=5)
 
-        # In parallel: each rmdir waits on the disk (tens of ms per root on a disk mounted
-        # with `discard`), so a thousand roots one after another took a minute.
-        loop = asyncio.get_running_loop()
-        with ThreadPoolExecutor(max_workers=min(16, len(sandboxes) or 1)) as pool:
-            await asyncio.gather(*(loop.run_in_executor(pool, shutil.rmtree, s.directory, True)
-                                   for s in sandboxes))
+        def left_behind(path: str) -> None:
+            log.warning("could not remove all of %s", path)
+
+        await asyncio.to_thread(remove_directories, [s.directory for s in sandboxes],
+                                on_error=left_behind)
 
     async def inspect(self, sandbox_id: str) -> RuntimeStatus:
         sandbox = self._get(sandbox_id)
@@ -414,68 +398,106 @@ class FakeRuntime(Runtime):
         return await self.snapshots.stored()
 
     async def capture_snapshot(self, sandbox_id: str, spec: SnapshotSpec) -> None:
-        """Copy the sandbox's private root, its processes stopped meanwhile (as `docker
-        commit` pauses a container) so the copy is of one moment."""
+        """Copy the sandbox's private root, frozen meanwhile (as `docker commit` pauses a
+        container) so the copy is of one moment."""
         sandbox = self._get(sandbox_id)
-        if not sandbox.layout.isolated:
-            raise Unsupported("Snapshots need bubblewrap isolation (a private root to copy), "
-                              "which this server does not have; see GET /health.")
+        if self.isolation == "none":
+            raise Unsupported("Snapshots need isolation (a private root to copy), which this "
+                              "server does not have; see GET /health.")
         freeze = not sandbox.paused
         if freeze:
-            self._signal_everything(sandbox, signal.SIGSTOP)
+            await self._launcher.pause(sandbox.box)
         try:
-            await self.snapshots.capture(sandbox.layout.root, spec)
+            await self.snapshots.capture(sandbox.box.layout.root, spec)
         finally:
             if freeze and not sandbox.paused and self._sandboxes.get(sandbox_id) is sandbox:
-                self._signal_everything(sandbox, signal.SIGCONT)
+                await self._launcher.resume(sandbox.box)
 
     async def delete_snapshot(self, snapshot_id: str) -> None:
         await self.snapshots.delete(snapshot_id)
 
-    def layout(self, sandbox_id: str) -> SandboxLayout:
-        """The sandbox's mount table (the execd filesystem operations map paths with it)."""
-        return self._get(sandbox_id).layout
+    async def _restore(self, snapshot_id: str, box: Box) -> None:
+        """Copy a snapshot's files onto a new sandbox's private root, before its entrypoint
+        starts. The files that name this sandbox (its hostname and addresses) stay its own."""
+        etc = Path(box.layout.root, "etc")
+        own = await asyncio.to_thread(_read_files, etc, IDENTITY_FILES)
+        await self.snapshots.restore(snapshot_id, box.layout.root)
+        await asyncio.to_thread(_write_files, etc, own)
 
     def environment(self, sandbox_id: str) -> dict[str, str]:
         return dict(self._get(sandbox_id).env)
 
     def filesystem(self, sandbox_id: str) -> FakeFilesystem:
         sandbox = self._get(sandbox_id)
-        return FakeFilesystem(sandbox.layout, home=sandbox.env.get("HOME", "/root"))
+        return FakeFilesystem(sandbox.box.layout, home=sandbox.env.get("HOME", "/root"),
+                              ids=sandbox.box.ids)
 
-    async def port_address(self, sandbox_id: str, port: int) -> tuple[str, int]:
-        self._get(sandbox_id)
-        return "127.0.0.1", port
+    def network_namespace(self, sandbox_id: str) -> str | None:
+        """The sandbox's network namespace, for rules the server applies from outside
+        (None when it has none: no isolation)."""
+        return self._get(sandbox_id).box.network_namespace
+
+    async def connect(self, sandbox_id: str, port: int) -> socket.socket:
+        sandbox = self._get(sandbox_id)
+        if not sandbox.box.pid_namespace:
+            return await _connect_locally(port)
+        try:
+            return await sandbox.box.channel.connect(port)
+        except InitFailure as failure:
+            raise PortUnreachable(port, failure.reason) from None
+        except ChannelClosed:
+            raise PortUnreachable(port, "the sandbox is not running") from None
 
     async def usage(self, sandbox_id: str) -> ResourceUsage:
         sandbox = self._get(sandbox_id)
+        limits = sandbox.resources
         cpu_count = float(os.cpu_count() or 1)
+        if limits.nano_cpus:
+            cpu_count = min(cpu_count, limits.nano_cpus / 1e9)
         mem_total = _mem_total_mib()
-        wall, cpu, rss = _sample(self._live_sessions(sandbox))
+        if limits.memory_bytes and sandbox.box.cgroup is not None:
+            mem_total = min(mem_total, limits.memory_bytes / 1048576)
+        wall, cpu, used = await asyncio.to_thread(_measure, sandbox.box)
         previous = sandbox.cpu_sample
         if previous is None or wall - previous[0] > 10:
             await asyncio.sleep(0.2)
             previous = (wall, cpu)
-            wall, cpu, rss = _sample(self._live_sessions(sandbox))
+            wall, cpu, used = await asyncio.to_thread(_measure, sandbox.box)
         sandbox.cpu_sample = (wall, cpu)
         elapsed = max(wall - previous[0], 1e-6)
         percent = (cpu - previous[1]) / elapsed / cpu_count * 100
         return ResourceUsage(cpu_count=cpu_count, cpu_used_pct=round(min(max(percent, 0), 100), 2),
                              mem_total_mib=round(mem_total, 1),
-                             mem_used_mib=round(min(rss / 1048576, mem_total), 1))
+                             mem_used_mib=round(min(used / 1048576, mem_total), 1))
 
 
-def _touch(layout: SandboxLayout, sandbox_path: str) -> None:
-    """Create the env file (and its directory), as upstream's bootstrap does: a path the
-    sandbox cannot write is only logged, the variable still names it."""
+def _touch(box: Box, sandbox_path: str) -> None:
+    """Create the env file (and its directory), owned by root inside, as upstream's
+    bootstrap does: a path the sandbox cannot write is only logged, the variable still
+    names it."""
     try:
-        target = layout.resolve(sandbox_path)
+        target = box.layout.resolve(sandbox_path)
         target.require_writable()
         os.makedirs(os.path.dirname(target.host_path), exist_ok=True)
         with open(target.host_path, "a"):
             pass
+        if not box.ids.is_identity and not box.layout._mount_for(target.sandbox_path).idmapped:
+            os.chown(target.host_path, *box.ids.root)
     except (OSError, RuntimeFailure) as error:
         log.warning("cannot create the env file %s: %s", sandbox_path, error)
+
+
+def _read_files(directory: Path, names: Sequence[str]) -> dict[str, bytes]:
+    found = {}
+    for name in names:
+        with contextlib.suppress(OSError):
+            found[name] = (directory / name).read_bytes()
+    return found
+
+
+def _write_files(directory: Path, files: Mapping[str, bytes]) -> None:
+    for name, content in files.items():
+        (directory / name).write_bytes(content)
 
 
 def _host_arch() -> str:
@@ -483,61 +505,64 @@ def _host_arch() -> str:
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
 
 
+def _spawn_failure(failure: InitFailure, request: SpawnRequest, cwd: str) -> SpawnFailed:
+    program = request.argv[0]
+    if failure.stage == wire.STAGE_CWD:
+        if failure.errno == errno.ENOENT:
+            return SpawnFailed(f"working directory {cwd} does not exist in the sandbox: "
+                               "no such file or directory")
+        return SpawnFailed(f"working directory {cwd}: {failure.reason}")
+    if failure.stage == wire.STAGE_EXEC:
+        if failure.errno == errno.ENOENT or (failure.errno == errno.EACCES
+                                             and "/" not in program):
+            return ExecutableNotFound(program)
+        return SpawnFailed(f"fork/exec {program}: {failure.reason}")
+    if failure.stage == wire.STAGE_CREDENTIALS:
+        return SpawnFailed(f"cannot run {program} as uid {request.uid} / gid {request.gid}: "
+                           f"{failure.reason} (the sandbox's user namespace maps ids 0-65535 "
+                           "as root; other ids do not exist in it)")
+    if failure.stage == wire.STAGE_FORK:
+        return SpawnFailed(f"fork/exec {program}: {failure.reason} (is the sandbox at its "
+                           "process limit?)")
+    return SpawnFailed(f"could not start {program}: {failure.reason}")
+
+
+async def _connect_locally(port: int) -> socket.socket:
+    """A sandbox without a network of its own shares the host's: its ports are here."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", port)), 10)
+    except (TimeoutError, OSError) as error:
+        sock.close()
+        raise PortUnreachable(port, os.strerror(error.errno).lower()
+                              if isinstance(error, OSError) and error.errno else "timed out"
+                              ) from None
+    return sock
+
+
+def _measure(box: Box) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, bytes of memory) used by the sandbox's processes."""
+    cgroup = box.cgroup
+    if cgroup is not None:
+        cpu = cgroup.cpu_seconds()
+        memory = cgroup.memory_used()
+        if cpu is not None and memory is not None:
+            return time.monotonic(), cpu, memory
+    pids = in_namespace_of(box.init_pid) if box.pid_namespace else descendants(box.init_pid)
+    return sample(pids)
+
+
+def _size(size: int) -> str:
+    for unit, power in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << power and size % (1 << power) == 0:
+            return f"{size >> power} {unit}"
+    return f"{size} bytes"
+
+
 def _hostname(sandbox_id: str) -> str:
     return "sandbox-" + sandbox_id.replace("-", "")[:12]
-
-
-def _roots_of(sandboxes: list[FakeSandbox]) -> set[tuple[int, int]]:
-    """(device, inode) of the private roots of the isolated ones among `sandboxes`."""
-    roots = set()
-    for sandbox in sandboxes:
-        if sandbox.layout.isolated:
-            with contextlib.suppress(OSError):
-                info = os.stat(sandbox.layout.root)
-                roots.add((info.st_dev, info.st_ino))
-    return roots
-
-
-def _rooted_in(roots: set[tuple[int, int]]) -> set[int]:
-    """Live pids whose root directory is one of `roots` (a bind mount keeps the inode)."""
-    if not roots:
-        return set()
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            info = os.stat(f"/proc/{entry}/root")
-        except OSError:  # gone, a zombie, or not ours to look at
-            continue
-        if (info.st_dev, info.st_ino) in roots:
-            found.add(int(entry))
-    return found
-
-
-def _session_of_any(sid: int, pids: set[int]) -> bool:
-    for pid in pids:
-        try:
-            if os.getsid(pid) == sid:
-                return True
-        except OSError:
-            continue
-    return False
-
-
-def _sample(sessions: set[int]) -> tuple[float, float, int]:
-    """(wall seconds, CPU seconds used, resident bytes) of the sessions' processes."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    page = os.sysconf("SC_PAGE_SIZE")
-    cpu = 0.0
-    rss = 0
-    for pid in processes_of(sessions) if sessions else set():
-        fields = stat_fields(pid)
-        if fields is None:
-            continue
-        cpu += (int(fields[11]) + int(fields[12])) / ticks
-        rss += int(fields[21]) * page
-    return time.monotonic(), cpu, rss
 
 
 def _mem_total_mib() -> float:
@@ -546,3 +571,4 @@ def _mem_total_mib() -> float:
             if line.startswith("MemTotal:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+

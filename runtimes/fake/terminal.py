@@ -1,11 +1,10 @@
 """Processes of fake sandboxes on a pseudo-terminal.
 
-The server opens the terminal pair; the process gets the slave side as stdin, stdout and
-stderr, and `setsid --ctty` (util-linux, run inside the sandbox in front of the command)
-makes the command a new session's leader with that terminal as its controlling terminal,
-so job control, Ctrl-C and `stty size` work as on a real login. The session's leader is
-found through /proc below the spawned process (bwrap, or `setsid` itself without
-isolation), and signals for the process's group go to the leader's group.
+The server opens the terminal pair; the slave side goes to the sandbox's init as the
+process's stdin, stdout and stderr, and the init makes it the controlling terminal of the
+new session the process leads (`TIOCSCTTY`), so job control, Ctrl-C and `stty size` work as
+on a real login. The process is the session's leader itself, so signals for its group go
+through the init as for any other process.
 
 The master side stays in the server: reads are what the terminal shows, writes are typed
 input, and a resize is `TIOCSWINSZ` on it (the kernel then sends SIGWINCH).
@@ -14,19 +13,13 @@ input, and a resize is `TIOCSWINSZ` on it (the kernel then sends SIGWINCH).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import fcntl
 import os
 import struct
 import termios
 
-from opensandbox_emulator.runtimes.base import ExitStatus, SandboxProcess, TerminalSize
-from opensandbox_emulator.runtimes.fake.processes import LocalProcess, stat_fields
-
-# In front of the command inside the sandbox: a new session with the terminal as its
-# controlling terminal; `--wait` keeps the exit status when setsid has to fork first.
-CONTROLLING_TERMINAL = ["setsid", "--wait", "--ctty"]
+from opensandbox_emulator.runtimes.base import TerminalSize
 
 
 def set_size(fd: int, size: TerminalSize) -> None:
@@ -34,7 +27,8 @@ def set_size(fd: int, size: TerminalSize) -> None:
 
 
 class PseudoTerminal:
-    """One terminal pair: the slave goes to the process, the master stays here."""
+    """One terminal pair: the slave goes to the process, the master stays here. It is the
+    process's output (`read`), its input (`write`) and its terminal (`resize`, `close`)."""
 
     def __init__(self, size: TerminalSize):
         self.master, self.slave = os.openpty()
@@ -42,8 +36,10 @@ class PseudoTerminal:
         os.set_blocking(self.master, False)
         self._closed = False
 
-    def stdio(self) -> dict[str, int]:
-        return {"stdin": self.slave, "stdout": self.slave, "stderr": self.slave}
+    def slave_copies(self, count: int = 3) -> list[int]:
+        """Descriptors of the slave side for the process's stdin, stdout and stderr (the
+        init's channel closes each once sent)."""
+        return [os.dup(self.slave) for _ in range(count)]
 
     def release_slave(self) -> None:
         """After the spawn: only the process holds the slave, so reads end with it."""
@@ -93,8 +89,8 @@ class PseudoTerminal:
             set_size(self.master, size)
 
     async def close(self) -> None:
-        """Typing nothing more: a terminal has no end-of-file short of hanging up, which
-        `release` does once the caller is done with the process."""
+        """As the process's input: typing nothing more. A terminal has no end-of-file short
+        of hanging up, which `release` does once the caller is done with the process."""
 
     def release(self) -> None:
         self.release_slave()
@@ -103,57 +99,14 @@ class PseudoTerminal:
             os.close(self.master)
 
 
-class TerminalProcess(SandboxProcess):
-    """A `LocalProcess` (bwrap or setsid) whose command leads its own session on `tty`."""
+class TerminalControl:
+    """The `ProcessTerminal` of a process on `tty`: resize it, or hang it up and free it."""
 
-    def __init__(self, wrapper: LocalProcess, tty: PseudoTerminal):
-        self._wrapper = wrapper
+    def __init__(self, tty: PseudoTerminal):
         self._tty = tty
-        self._leader: int | None = None
-        self._signalled: int | None = None
-        self.stdout = tty
-        self.stderr = None
-        self.stdin = tty
-        self.terminal = self
 
     async def resize(self, size: TerminalSize) -> None:
         await self._tty.resize(size)
-
-    async def wait(self) -> ExitStatus:
-        status = await self._wrapper.wait()
-        # The wrapper reports a command killed by signal N as 128+N; when we sent N, it is
-        # the signal.
-        if self._signalled is not None and status.code == 128 + self._signalled:
-            return ExitStatus(signal=self._signalled)
-        return status
-
-    def _find_leader(self) -> int | None:
-        """The session leader below the wrapper: the command itself."""
-        if self._leader is not None:
-            return self._leader
-        children: dict[int, list[int]] = {}
-        for entry in os.listdir("/proc"):
-            fields = stat_fields(int(entry)) if entry.isdigit() else None
-            if fields is not None and fields[0] != "Z":
-                children.setdefault(int(fields[1]), []).append(int(entry))
-        pending = list(children.get(self._wrapper.pid, []))
-        while pending:
-            pid = pending.pop()
-            with contextlib.suppress(OSError):
-                if os.getsid(pid) == pid:
-                    self._leader = pid
-                    return pid
-            pending.extend(children.get(pid, []))
-        return None
-
-    async def signal_group(self, sig: int) -> None:
-        self._signalled = sig
-        leader = await asyncio.to_thread(self._find_leader)
-        if leader is None:  # not started yet, or gone: the wrapper's group is all there is
-            await self._wrapper.signal_group(sig)
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(leader, sig)
 
     async def close(self) -> None:
         self._tty.release()

@@ -1,9 +1,10 @@
 """The one dispatch layer: `(sandbox, port, request)` to wherever that port lives.
 
 Both the gateway listener and the server proxy route end here. Port 44772 is the sandbox's
-execd, served in-process by the embedded execd app; any other port is forwarded to the
-address the runtime gives for it. Every refusal has the `{"code","message"}` body:
-an unknown sandbox is 404, a paused one 503, a port where nothing listens 502.
+execd, served in-process by the embedded execd app; any other port is forwarded over a
+connection the runtime opens to it (`Runtime.connect`). Every refusal has the
+`{"code","message"}` body: an unknown sandbox is 404, a paused one 503, a port where nothing
+listens 502.
 
 Access is checked here as upstream's ingress gateway checks it: a signed route must verify
 and not be expired; a secured sandbox (`secureAccess`) needs its `OpenSandbox-Secure-Access`
@@ -49,10 +50,14 @@ class Dispatcher:
         self.hub = hub
         self.execd_app = execd_app
         self.signer = signer or RouteSigner.generated()
-        self.http = HttpForwarder()
+        self.http = HttpForwarder(service.runtime.connect)
 
     async def close(self) -> None:
         await self.http.close()
+
+    async def forget(self, sandbox_id: str) -> None:
+        """The sandbox is going: drop its route name (its pooled connections die with it)."""
+        self.http.forget(sandbox_id)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, *, sandbox_id: str,
                        port: int, path: str, signed: SignedRoute | None = None) -> None:
@@ -130,17 +135,16 @@ class Dispatcher:
 
     async def _to_port(self, scope: Scope, receive: Receive, send: Send, sandbox_id: str,
                        port: int, path: str) -> None:
-        host, target_port = await self.service.runtime.port_address(sandbox_id, port)
-        # Whatever address the runtime reaches the port at (a container's own address, a
-        # relay's local port), the application sees a request for its own loopback port,
-        # as if the client were inside the sandbox: the same Host on every runtime.
-        seen_as = ("127.0.0.1", port)
+        # Whatever the runtime connects to (a port inside the sandbox's own network, a
+        # container's address, a relay), the application sees a request for its own
+        # loopback port, as if the client were inside the sandbox: the same Host on every
+        # runtime.
         if scope["type"] == "websocket":
-            await forward_websocket(scope, receive, send, host=host, port=target_port,
-                                    path=path, seen_as=seen_as)
+            await forward_websocket(scope, receive, send, connect=self.service.runtime.connect,
+                                    sandbox_id=sandbox_id, port=port, path=path)
         else:
-            await self.http.forward(scope, receive, send, host=host, port=target_port,
-                                    path=path, seen_as=seen_as)
+            await self.http.forward(scope, receive, send, sandbox_id=sandbox_id, port=port,
+                                    path=path)
 
 
 def raw_path_of(scope: Scope) -> str:

@@ -1,4 +1,6 @@
-"""Reverse proxying to a TCP address: HTTP and WebSocket, streamed both ways.
+"""Reverse proxying to a sandbox's port: HTTP and WebSocket, streamed both ways.
+
+Connections come from the runtime (`connections.py`): the proxy never dials an address.
 
 A request body is streamed to the target as it arrives, and the response body back as it
 comes, so server-sent events flow live and a large transfer runs in bounded memory. The
@@ -22,6 +24,12 @@ from starlette.types import Message, Receive, Scope, Send
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from opensandbox_emulator.runtimes.failures import RuntimeFailure
+from opensandbox_emulator.server.access.connections import (
+    Connect,
+    SandboxNetwork,
+    SandboxTransport,
+)
 from opensandbox_emulator.server.errors import BadGateway, send_error
 from opensandbox_emulator.tasks import until_first_ends
 
@@ -81,13 +89,14 @@ def target_url(scheme: str, host: str, port: int, raw_path: str, query: bytes) -
     return url
 
 
-def _bare_client() -> httpx.AsyncClient:
+def _bare_client(network: SandboxNetwork) -> httpx.AsyncClient:
     # No cap on connections: each proxied request holds one upstream connection for as
     # long as it lasts, and a capped pool (httpx's default is 100) would make the next
     # request wait, without a timeout, for a long-lived stream to end.
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=64,
                           keepalive_expiry=30)
-    client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0), limits=limits,
+    client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0),
+                               transport=SandboxTransport(network, limits),
                                follow_redirects=False, trust_env=False)
     # httpx adds Accept, Accept-Encoding, Connection and User-Agent to every request by
     # default. A proxy must not: an Accept-Encoding the client never sent would get it a
@@ -98,22 +107,28 @@ def _bare_client() -> httpx.AsyncClient:
 
 
 class HttpForwarder:
-    """Forwards HTTP requests with one shared connection pool."""
+    """Forwards HTTP requests with one shared connection pool, whose connections the
+    runtime opens (`connect(sandbox_id, port)`)."""
 
-    def __init__(self) -> None:
-        self._client = _bare_client()
+    def __init__(self, connect: Connect) -> None:
+        self.network = SandboxNetwork(connect)
+        self._client = _bare_client(self.network)
 
     async def close(self) -> None:
         await self._client.aclose()
 
-    async def forward(self, scope: Scope, receive: Receive, send: Send, *, host: str, port: int,
-                      path: str, seen_as: tuple[str, int] | None = None) -> None:
-        """Forward the request to `host:port` at `path` (still percent-encoded). `seen_as`
-        is the address the application sees in `Host` when it differs from `host:port`."""
-        url = target_url("http", host, port, path, scope.get("query_string", b""))
+    def forget(self, sandbox_id: str) -> None:
+        self.network.forget(sandbox_id)
+
+    async def forward(self, scope: Scope, receive: Receive, send: Send, *, sandbox_id: str,
+                      port: int, path: str) -> None:
+        """Forward the request to `port` of `sandbox_id` at `path` (still
+        percent-encoded). The application sees `Host: 127.0.0.1:<port>`, as if the client
+        were inside the sandbox, whatever the runtime connected to."""
+        url = target_url("http", self.network.route(sandbox_id), port, path,
+                         scope.get("query_string", b""))
         headers = request_headers(scope)
-        if seen_as is not None:
-            headers.append(("host", f"{seen_as[0]}:{seen_as[1]}"))
+        headers.append(("host", f"127.0.0.1:{port}"))
         names = {k.lower() for k, _ in scope["headers"]}
         has_body = b"content-length" in names or b"transfer-encoding" in names
         body_read = asyncio.Event()
@@ -140,8 +155,11 @@ class HttpForwarder:
             response = await self._client.send(request, stream=True)
         except ClientGone:
             return
+        except httpx.ConnectError as error:
+            raise BadGateway(str(error) or f"Could not connect to port {port} inside the "
+                             "sandbox. Is a server listening on that port?") from error
         except httpx.TransportError as error:
-            raise BadGateway(f"Could not connect to the sandbox port {port} at {host}:{port}: "
+            raise BadGateway(f"Port {port} of the sandbox did not answer: "
                              f"{error or type(error).__name__}. Is a server listening on that "
                              "port inside the sandbox?") from error
         try:
@@ -194,11 +212,11 @@ async def _race(work: Awaitable[None], stop: Awaitable[None]) -> None:
                 await task
 
 
-async def forward_websocket(scope: Scope, receive: Receive, send: Send, *, host: str, port: int,
-                            path: str, seen_as: tuple[str, int] | None = None) -> None:
+async def forward_websocket(scope: Scope, receive: Receive, send: Send, *, connect: Connect,
+                            sandbox_id: str, port: int, path: str) -> None:
     """Accept the client's WebSocket once the target accepted, then relay frames. The
-    handshake goes to `host:port`, addressed (`Host`) to `seen_as` if given."""
-    url = target_url("ws", *(seen_as or (host, port)), path, scope.get("query_string", b""))
+    handshake goes over a connection from `connect`, addressed to `127.0.0.1:<port>`."""
+    url = target_url("ws", "127.0.0.1", port, path, scope.get("query_string", b""))
     protocols = list(scope.get("subprotocols") or [])
     headers = [(k, v) for k, v in request_headers(scope)
                if k.lower() not in WEBSOCKET_HANDSHAKE]
@@ -206,11 +224,15 @@ async def forward_websocket(scope: Scope, receive: Receive, send: Send, *, host:
     if first["type"] != "websocket.connect":
         return
     try:
-        # Straight to the sandbox: never through a proxy from the server's environment.
+        sock = await connect(sandbox_id, port)
+    except RuntimeFailure as failure:
+        await send_error(scope, send, BadGateway(failure.message))
+        return
+    try:
         upstream = await ws_connect(url, additional_headers=headers,
                                     subprotocols=protocols or None,  # type: ignore[arg-type]
                                     open_timeout=10, max_size=None, compression=None,
-                                    user_agent_header=None, proxy=None, host=host, port=port)
+                                    user_agent_header=None, proxy=None, sock=sock)
     except InvalidStatus as error:
         # The application refused the upgrade: pass its answer on as it was.
         refused = error.response
@@ -223,8 +245,9 @@ async def forward_websocket(scope: Scope, receive: Receive, send: Send, *, host:
         await send({"type": "websocket.http.response.body", "body": bytes(refused.body or b"")})
         return
     except (OSError, InvalidHandshake, TimeoutError) as error:
+        sock.close()
         await send_error(scope, send, BadGateway(
-            f"Could not open a WebSocket to the sandbox port {port} at {host}:{port}: "
+            f"Could not open a WebSocket to port {port} of the sandbox: "
             f"{error or type(error).__name__}. Is a server listening on that port inside the "
             "sandbox?"))
         return

@@ -89,11 +89,12 @@ class ServerProcess:
 
 
 def launch(sections: dict[str, dict[str, Any]], workdir: Path, *,
-           python: str = sys.executable, cwd: Path = ROOT) -> ServerProcess:
+           python: str = sys.executable, cwd: Path = ROOT,
+           prefix: list[str] | None = None) -> ServerProcess:
     """A server configured by `sections` on top of loopback, kernel-picked ports and a
     state directory in `workdir`, once its `/health` answers. It runs `python -m
     opensandbox_emulator` of `python` (by default this interpreter, whose environment holds
-    the project's editable install) in `cwd`."""
+    the project's editable install) in `cwd`, behind `prefix` (`setpriv …`, say)."""
     merged: dict[str, dict[str, Any]] = {
         "server": {"host": "127.0.0.1", "port": 0, "log_level": "INFO"},
         "gateway": {"port": 0},
@@ -106,7 +107,7 @@ def launch(sections: dict[str, dict[str, Any]], workdir: Path, *,
     config_path = workdir / "config.toml"
     write_config(config_path, merged)
     process = subprocess.Popen(
-        [python, "-m", "opensandbox_emulator", "--config", str(config_path)],
+        [*(prefix or []), python, "-m", "opensandbox_emulator", "--config", str(config_path)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd)
     output: list[str] = []
     assert process.stdout is not None
@@ -198,15 +199,41 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
 
 
 def no_leftover_processes(state_dir: Path) -> list[str]:
-    """Command lines of live processes that still mention `state_dir` (a leak)."""
+    """Command lines of live processes that still belong to a server whose state lives in
+    `state_dir` (a leak): those that mention it, and those whose root directory is a
+    sandbox's private root in it, however it was mounted (a fake sandbox's processes)."""
     leaks = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if not cmdline:  # a zombie, or a kernel thread
+                continue
+            if str(state_dir) in cmdline or _rooted_under(int(entry), state_dir):
+                leaks.append(cmdline)
         except OSError:
             continue
-        if str(state_dir) in cmdline:
-            leaks.append(cmdline)
     return leaks
+
+
+def _rooted_under(pid: int, directory: Path) -> bool:
+    """Whether process `pid`'s root mount is a directory under `directory`: the mount's own
+    root, as /proc/<pid>/mountinfo gives it (bind mounts keep their source's path, relative
+    to the filesystem it lies on)."""
+    prefixes = {str(directory).rstrip("/") + "/"}
+    within = os.path.relpath(directory, _mount_point(directory))
+    if within != ".":  # `directory` is not a mount point itself
+        prefixes.add("/" + within + "/")
+    for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[4] == "/":
+            return any(fields[3].startswith(prefix) for prefix in prefixes)
+    return False
+
+
+def _mount_point(path: Path) -> str:
+    current = os.path.realpath(path)
+    while not os.path.ismount(current):
+        current = os.path.dirname(current)
+    return current

@@ -94,9 +94,9 @@ def unnamed_id(known: set[int]) -> int:
 
 @pytest.mark.anyio
 async def test_file_owners_by_the_names_of_the_sandbox(emulator: InProcess) -> None:
-    """A fake sandbox sees this host's /etc: its names are the host's. A file given to a
-    named user and an unnamed group shows that name and that number; a chown to a name
-    the sandbox lacks is refused and leaves the file as it was."""
+    """A fake sandbox's own /etc lists this host's system accounts: nobody is one. A file
+    given to a named user and an unnamed group shows that name and that number; a chown to
+    a name the sandbox lacks is refused and leaves the file as it was."""
     assert pwd.getpwnam("nobody").pw_uid != 0  # a name that is not root's to show
     gid = unnamed_id({entry.gr_gid for entry in grp.getgrall()})
     sandbox_id = await emulator.new_sandbox()

@@ -5,7 +5,7 @@ A driver is a small program in the language's own toolchain (`python_driver.py`,
 server hands its source to the sandbox's interpreter on the command line (`python3 -c`,
 `bash -c`, `node -e`), so nothing is installed or written into the sandbox, and the same
 start works on every runtime: the process is an ordinary `Runtime.spawn`, inside the
-bubblewrap view on the fake runtime and inside the container on Docker.
+container on either runtime (the fake runtime's own, or Docker's).
 
 Every driver speaks the same protocol (see `framing.py` and the drivers' own headers):
 requests on stdin, the user's output untouched on stdout/stderr, the driver's messages as

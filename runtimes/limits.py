@@ -1,10 +1,11 @@
-"""`resourceLimits` as Docker wants them: CPU in nano-CPUs, memory in bytes.
+"""`resourceLimits` as the runtimes apply them: CPU in nano-CPUs, memory in bytes.
 
 Values follow Kubernetes quantities, the way upstream parses them: `cpu` is `"2"`, `"0.5"` or
 `"500m"` (millicores); `memory` is a number with an optional `k/M/G/T/P/E` suffix, binary
 with `i` (`512Mi` = 512·2²⁰) or decimal without (`1G` = 10⁹), an optional trailing `b`, in
 any case. Upstream silently drops a value it cannot parse; we refuse it, because a
-sandbox that quietly runs without its limit is worse than a clear error.
+sandbox that quietly runs without its limit is worse than a clear error. Docker's minimums
+hold on every runtime, so that a request one runtime takes, the other takes too.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def parse_memory(value: str) -> int:
 
 
 def parse_limits(resource_limits: Mapping[str, str]) -> Limits:
-    """The limits Docker can apply; other keys (`gpu`, …) are ignored, as upstream does."""
+    """The limits a runtime can apply; other keys (`gpu`, …) are ignored, as upstream does."""
     cpu = resource_limits.get("cpu")
     memory = resource_limits.get("memory")
     return Limits(nano_cpus=parse_cpu(cpu) if cpu else None,

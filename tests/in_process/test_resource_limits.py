@@ -1,4 +1,4 @@
-"""`resourceLimits` as the Docker runtime reads them: Kubernetes quantities to nano-CPUs and
+"""`resourceLimits` as the runtimes read them: Kubernetes quantities to nano-CPUs and
 bytes, and a clear refusal, naming the field, of anything it cannot apply (upstream drops
 such a value silently and runs the sandbox unlimited).
 
@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from opensandbox_emulator.runtimes.docker.limits import (
+from opensandbox_emulator.runtimes.limits import (
     Limits,
     parse_cpu,
     parse_limits,
