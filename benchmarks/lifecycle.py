@@ -2,7 +2,7 @@
 and the test kit's in-process server against a server process.
 
 Run: `python benchmarks/lifecycle.py [--sandboxes 1000] [--samples 200] [--cycles 20]
-[--only lifecycle|in-process]`.
+[--only lifecycle|in-process|snapshots] [--snapshot-mb 100] [--snapshot-runtimes fake,docker]`.
 
 It starts its own server (`python -m opensandbox_emulator`, fake runtime: a container per
 sandbox) on ports the kernel picks, and prints each measurement beside a baseline measured
@@ -17,6 +17,12 @@ measured with all of them running.
 The in-process part times what the `opensandbox_emulator` pytest fixture costs: starting and
 stopping `InProcessEmulator` beside starting and stopping a server process, and the official
 SDK's create -> run a command -> kill cycle against each, in the same run.
+
+The snapshot part fills a sandbox with `--snapshot-mb` of files (one file a MiB), then times
+a snapshot (POST until `Ready`) and a restore (a sandbox from it, until `Running`) on each
+runtime, beside what the runtime's own mechanism costs on the same data in the same run: a
+plain `cp -a` of the sandbox's private root (fake), `docker commit` of its container
+(docker); and beside a plain create for the restore.
 """
 
 from __future__ import annotations
@@ -24,9 +30,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from baselines import bare, bubblewrap, container
@@ -36,9 +45,9 @@ BODY = {"image": {"uri": "python:3.11"}, "timeout": 3600, "resourceLimits": {},
         "entrypoint": ["sleep", "infinity"], "metadata": {"bench": "lifecycle"}}
 
 
-def create_running(client: httpx.Client) -> str:
+def create_running(client: httpx.Client, body: dict[str, Any] = BODY) -> str:
     """POST a sandbox and poll until it is Running; returns its id."""
-    response = client.post("/v1/sandboxes", json=BODY)
+    response = client.post("/v1/sandboxes", json=body)
     response.raise_for_status()
     body = response.json()
     state = body["status"]["state"]
@@ -55,13 +64,23 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200, help="samples per measurement")
     parser.add_argument("--cycles", type=int, default=20,
                         help="SDK create/run/kill cycles (and server starts) per setup")
-    parser.add_argument("--only", choices=("lifecycle", "in-process"),
+    parser.add_argument("--only", choices=("lifecycle", "in-process", "snapshots"),
                         help="run one part only")
+    parser.add_argument("--snapshot-mb", type=int, default=100,
+                        help="MiB of files in the snapshotted sandbox")
+    parser.add_argument("--snapshot-samples", type=int, default=5,
+                        help="snapshots and restores per runtime")
+    parser.add_argument("--snapshot-runtimes", default="fake,docker",
+                        help="runtimes for the snapshot part (docker is skipped without an "
+                             "engine)")
     args = parser.parse_args()
-    if args.only != "lifecycle":
+    if args.only in (None, "in-process"):
         in_process(args.cycles)
-    if args.only != "in-process":
+    if args.only in (None, "lifecycle"):
         lifecycle(args)
+    if args.only in (None, "snapshots"):
+        for runtime in args.snapshot_runtimes.split(","):
+            snapshots(runtime.strip(), args.snapshot_mb, args.snapshot_samples)
 
 
 def lifecycle(args: argparse.Namespace) -> None:
@@ -193,6 +212,105 @@ async def sdk_cycles(domain: str, count: int) -> list[float]:
         if index:
             samples.append(time.perf_counter() - begun)
     return samples
+
+
+
+# --- snapshots -----------------------------------------------------------------------------
+
+
+def snapshots(runtime: str, megabytes: int, samples: int) -> None:
+    # This folder holds a `docker.py` of its own, which would hide the Docker SDK.
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != here]
+    from tests.helpers.docker_engine import DOCKER_DEBIAN_IMAGE, docker_problem, docker_sections
+    from tests.helpers.servers import launch
+
+    if runtime == "docker" and docker_problem() is not None:
+        print(f"\ndocker: skipped ({docker_problem()})", flush=True)
+        return
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-snapshots-{runtime}-"))
+    sections: dict[str, Any] = {"server": {"log_level": "WARNING"}}
+    if runtime == "docker":
+        sections.update(docker_sections(workdir))
+    server = launch(sections, workdir)
+    body: dict[str, Any] = {**BODY, "image": {"uri": DOCKER_DEBIAN_IMAGE if runtime == "docker"
+                                              else "python:3.11"}}
+    try:
+        with httpx.Client(base_url=server.url, timeout=600) as client:
+            created = client.post("/v1/sandboxes", json=body)
+            created.raise_for_status()
+            source = created.json()["id"]
+            fill = (f"mkdir -p /workspace/data && for i in $(seq 1 {megabytes}); do "
+                    "head -c 1048576 /dev/urandom > /workspace/data/f$i; done; "
+                    "du -sm /workspace/data")
+            filled = httpx.post(f"{server.gateway_url}/{source}/44772/command",
+                                json={"command": fill}, timeout=600)
+            filled.raise_for_status()
+            print(f"\n{runtime}: a sandbox with {megabytes} MiB of files; {samples} samples each",
+                  flush=True)
+
+            made: list[str] = []
+
+            def snapshot() -> None:
+                response = client.post(f"/v1/sandboxes/{source}/snapshots", json={})
+                response.raise_for_status()
+                snapshot_id = response.json()["id"]
+                made.append(snapshot_id)
+                while True:
+                    state = client.get(f"/v1/snapshots/{snapshot_id}").json()["status"]["state"]
+                    if state == "Ready":
+                        return
+                    if state != "Creating":
+                        raise SystemExit(f"snapshot {snapshot_id} became {state}")
+
+            restored: list[str] = []
+
+            def restore() -> None:
+                response = client.post("/v1/sandboxes", json={
+                    "snapshotId": made[0], "timeout": 3600, "resourceLimits": {},
+                    "entrypoint": ["sleep", "infinity"]})
+                response.raise_for_status()
+                assert response.json()["status"]["state"] == "Running", response.text
+                restored.append(response.json()["id"])
+
+            def plain_create() -> None:
+                restored.append(create_running(client, body))
+
+            baseline = measure(lambda: engine_copy(runtime, server, source), samples)
+            report(f"baseline: {'cp -a of its root' if runtime == 'fake' else 'docker commit'}",
+                   baseline)
+            report("snapshot -> Ready", measure(snapshot, samples), baseline)
+            report("restore -> Running", measure(restore, samples), baseline)
+            report("plain create -> Running", measure(plain_create, samples), baseline)
+            for sandbox_id in restored:
+                client.delete(f"/v1/sandboxes/{sandbox_id}")
+            for snapshot_id in made:
+                client.delete(f"/v1/snapshots/{snapshot_id}").raise_for_status()
+            client.delete(f"/v1/sandboxes/{source}")
+    finally:
+        server.stop(timeout=120)
+        if runtime == "docker":
+            from tests.helpers.docker_engine import remove_docker_sandboxes
+
+            remove_docker_sandboxes(sections["docker"]["instance"])
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def engine_copy(runtime: str, server: Any, sandbox_id: str) -> None:
+    """What the runtime's own mechanism costs on the sandbox's files, without the server:
+    `cp -a --reflink=auto` of the private root (fake), `docker commit` (docker)."""
+    if runtime == "fake":
+        root = server.state_dir / "sandboxes" / sandbox_id / "root"
+        target = Path(tempfile.mkdtemp(prefix="bench-cp-", dir=server.state_dir))
+        try:
+            subprocess.run(["cp", "-a", "--reflink=auto", f"{root}/.", str(target)], check=True)
+        finally:
+            shutil.rmtree(target, ignore_errors=True)
+        return
+    tag = f"opensandbox-bench-commit:{sandbox_id}"
+    subprocess.run(["docker", "commit", f"sandbox-{sandbox_id}", tag], check=True,
+                   stdout=subprocess.DEVNULL)
+    subprocess.run(["docker", "rmi", tag], check=True, stdout=subprocess.DEVNULL)
 
 
 def isolation_floor(samples: int) -> None:

@@ -1,10 +1,11 @@
 """The contract between the server and a runtime.
 
 A runtime provisions sandboxes and runs processes inside them. The lifecycle service uses
-`create`/`pause`/`resume`/`destroy`/`inspect`; the embedded execd uses `spawn`, `usage` and
-(for files) `filesystem`; the access layer reaches a sandbox's ports with `connect`.
-Nothing here mentions HTTP: failures are the small classes of `failures.py`, which carry
-facts; the server decides what a client sees.
+`create`/`pause`/`resume`/`destroy`/`inspect`, the snapshot methods and
+`entrypoint_output`; the embedded execd uses `spawn`, `usage` and (for files) `filesystem`;
+the access layer reaches a sandbox's ports with `connect`. Nothing here mentions HTTP:
+failures are the small classes of `failures.py`, which carry facts; the server decides what
+a client sees.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from opensandbox_emulator.runtimes.failures import (
     NulInArgument,
     Unsupported,
     VolumeNotFound,
+    VolumesUnsupported,
 )
 from opensandbox_emulator.runtimes.filesystem import SandboxFilesystem
 
@@ -46,10 +48,16 @@ class VolumeMount:
     mount_path: str
     read_only: bool = False
     sub_path: str | None = None
+    create_if_missing: bool = False  # pvc: make the named volume when it does not exist
+    delete_with_sandbox: bool = False  # pvc: remove it with the sandbox, if made for it
 
 
 @dataclass(frozen=True)
 class SandboxSpec:
+    """What a sandbox is made from. With `snapshot_id` its files start as that snapshot
+    holds them (`image` then names what the runtime runs it from, if anything).
+    `owned_volumes` are named volumes made for this sandbox, removed with it."""
+
     sandbox_id: str
     image: str
     entrypoint: Sequence[str]
@@ -60,6 +68,42 @@ class SandboxSpec:
     created_at: datetime | None = None
     expires_at: datetime | None = None
     image_auth: tuple[str, str] | None = None
+    snapshot_id: str | None = None
+    platform: tuple[str, str] | None = None  # (os, arch) when the request named one
+    owned_volumes: Sequence[str] = ()
+    extensions: Mapping[str, str] = field(default_factory=dict)
+    # The token a secured sandbox's callers send (OpenSandbox-Secure-Access), kept here so
+    # that a runtime whose sandboxes outlive the server keeps it too.
+    secure_access_token: str | None = None
+
+
+@dataclass(frozen=True)
+class SnapshotSpec:
+    """A snapshot of a sandbox's files, as the runtime stores it (and finds it again after
+    a restart)."""
+
+    snapshot_id: str
+    sandbox_id: str
+    name: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredSnapshot:
+    """A snapshot the runtime holds; `complete` is False when its capture was cut short
+    (the server stopped half-way), so it cannot be restored."""
+
+    spec: SnapshotSpec
+    complete: bool = True
+
+
+@dataclass(frozen=True)
+class EntrypointOutput:
+    """The newest bytes the sandbox's entrypoint wrote (stdout and stderr in write order,
+    or as the runtime keeps them); `dropped` bytes before them are gone."""
+
+    data: bytes
+    dropped: int = 0
 
 
 # --- what a runtime reports ----------------------------------------------------------------
@@ -248,6 +292,16 @@ class Runtime(ABC):
         Raises `VolumeNotFound` and the other volume failures of `failures.py`."""
         raise VolumeNotFound(claim_name, "This runtime has no named volumes.")
 
+    async def create_named_volume(self, claim_name: str, sub_path: str | None) -> None:
+        """Make the named volume `claim_name` (empty), with `sub_path` inside it where the
+        runtime can make it; for `pvc.createIfNotExists`."""
+        raise VolumesUnsupported(f"The {self.name} runtime cannot create named volumes.")
+
+    async def remove_named_volume(self, claim_name: str) -> None:
+        """Remove a named volume this server made (`deleteOnSandboxTermination`); a volume
+        already gone is not an error."""
+        raise VolumesUnsupported(f"The {self.name} runtime cannot remove named volumes.")
+
     @abstractmethod
     async def create(self, spec: SandboxSpec) -> None:
         """Provision the sandbox and start its entrypoint as the main process."""
@@ -270,6 +324,31 @@ class Runtime(ABC):
 
     async def set_expiry(self, sandbox_id: str, expires_at: datetime | None) -> None:  # noqa: B027
         """Record a new expiry where the runtime keeps one (Docker labels); optional."""
+
+    async def set_metadata(self, sandbox_id: str, metadata: Mapping[str, str]) -> None:  # noqa: B027
+        """Record the sandbox's new metadata where the runtime keeps it across a restart
+        (Docker); optional."""
+
+    async def entrypoint_output(self, sandbox_id: str, max_bytes: int) -> EntrypointOutput:
+        """The newest `max_bytes` (at most) of what the entrypoint wrote."""
+        raise Unsupported(f"The {self.name} runtime keeps no entrypoint output.")
+
+    # --- snapshots -------------------------------------------------------------------------
+
+    async def stored_snapshots(self) -> list[StoredSnapshot]:
+        """The snapshots this runtime already holds (at start-up, after a restart)."""
+        return []
+
+    async def capture_snapshot(self, sandbox_id: str, spec: SnapshotSpec) -> None:
+        """Store the sandbox's files (not its volumes, processes or memory) as `spec`.
+        A running sandbox is frozen while they are read, then continues. Raises
+        `SnapshotFailed`, `Unsupported` where the runtime cannot."""
+        raise Unsupported(f"The {self.name} runtime cannot snapshot sandboxes.")
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        """Remove a snapshot and free its storage; one already gone is not an error.
+        Raises `SnapshotInUse` when the runtime cannot let it go yet."""
+        raise Unsupported(f"The {self.name} runtime cannot snapshot sandboxes.")
 
     @abstractmethod
     async def spawn(self, sandbox_id: str, request: SpawnRequest) -> SandboxProcess:

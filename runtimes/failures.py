@@ -99,6 +99,34 @@ class TimedOut(RuntimeFailure):
         self.seconds = seconds
 
 
+# --- snapshots -----------------------------------------------------------------------------
+
+
+class SnapshotFailed(RuntimeFailure):
+    """A snapshot could not be taken."""
+
+    def __init__(self, snapshot_id: str, message: str):
+        super().__init__(message)
+        self.snapshot_id = snapshot_id
+
+
+class SnapshotMissing(RuntimeFailure):
+    """The snapshot a sandbox is to start from is not there (any more)."""
+
+    def __init__(self, snapshot_id: str, message: str | None = None):
+        super().__init__(message or f"Snapshot {snapshot_id} not found.")
+        self.snapshot_id = snapshot_id
+
+
+class SnapshotInUse(RuntimeFailure):
+    """The snapshot cannot be removed while something still uses it (a Docker image that
+    containers run from)."""
+
+    def __init__(self, snapshot_id: str, message: str):
+        super().__init__(message)
+        self.snapshot_id = snapshot_id
+
+
 # --- processes -----------------------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ from opensandbox_emulator.runtimes.base import Runtime
 from opensandbox_emulator.server.access.dispatch import Dispatcher
 from opensandbox_emulator.server.access.gateway import Gateway
 from opensandbox_emulator.server.access.proxy import proxy_routes
+from opensandbox_emulator.server.access.signing import RouteSigner, parse_keys
 from opensandbox_emulator.server.clock import Clock, IdGenerator, SystemClock, UuidIds
 from opensandbox_emulator.server.config import Config
 from opensandbox_emulator.server.control.backend import EmulatorControl
@@ -30,6 +31,7 @@ from opensandbox_emulator.server.control.clock import MovableClock
 from opensandbox_emulator.server.control.routes import router as control_router
 from opensandbox_emulator.server.control.tap import ControlTap
 from opensandbox_emulator.server.cors import LifecycleCors
+from opensandbox_emulator.server.diagnostics.routes import router as diagnostics_router
 from opensandbox_emulator.server.errors import LIFECYCLE_API
 from opensandbox_emulator.server.execd.app import create_execd_app
 from opensandbox_emulator.server.execd.sandbox import ExecdHub
@@ -37,6 +39,8 @@ from opensandbox_emulator.server.handlers import install_error_handlers
 from opensandbox_emulator.server.hosts import AllowedHosts, HostCheck
 from opensandbox_emulator.server.lifecycle.routes import router as lifecycle_router
 from opensandbox_emulator.server.lifecycle.service import SandboxService
+from opensandbox_emulator.server.lifecycle.snapshots import SnapshotService
+from opensandbox_emulator.server.lifecycle.unserved import router as unserved_router
 from opensandbox_emulator.server.methods import install_options
 from opensandbox_emulator.server.middleware import ApiKeyMiddleware, RequestIdMiddleware
 from opensandbox_emulator.server.shutdown import SCOPE_KEY as SHUTDOWN_KEY
@@ -52,6 +56,16 @@ class Access:
     dispatcher: Dispatcher
     gateway: Gateway
     gateway_port: int
+    signer: RouteSigner
+
+
+def signer_from_config(config: Config) -> RouteSigner:
+    """The configured signing keys, or one made now (signed routes then last as long as
+    this server runs)."""
+    if not config.gateway.secure_access_keys:
+        return RouteSigner.generated()
+    keys = parse_keys(config.gateway.secure_access_keys)
+    return RouteSigner(keys, config.gateway.secure_access_active_key or next(iter(keys)))
 
 
 def runtime_from_config(config: Config) -> Runtime:
@@ -75,15 +89,18 @@ class OpenSandboxServer:
         self.clock: Clock = movable or clock or SystemClock()
         self.ids = ids or UuidIds()
         self.service = SandboxService(self.runtime, config, self.clock, self.ids)
+        self.snapshots = SnapshotService(self.runtime, self.service, self.clock)
         hub = ExecdHub(self.runtime, config.execd, self.clock, self.ids)
         self.service.on_removing(hub.remove)
-        dispatcher = Dispatcher(self.service, hub, create_execd_app())
+        signer = signer_from_config(config)
+        dispatcher = Dispatcher(self.service, hub, create_execd_app(), signer)
         self.service.on_removing(dispatcher.forget)
         self.access = Access(hub=hub, dispatcher=dispatcher, gateway=Gateway(dispatcher),
-                             gateway_port=config.gateway.port)
+                             gateway_port=config.gateway.port, signer=signer)
         # The control API for tests (`[control] enabled`): its state, and the tap in front
         # of both listeners that journals every request and applies fault rules.
-        self.control = (EmulatorControl(self.service, movable, config.control)
+        self.control = (EmulatorControl(self.service, movable, config.control,
+                                        snapshots=self.snapshots)
                         if movable is not None else None)
         self.shutdown = Shutdown()
         self.lifecycle = self._lifecycle_app()
@@ -105,22 +122,26 @@ class OpenSandboxServer:
         @asynccontextmanager
         async def lifespan(_: FastAPI) -> AsyncIterator[None]:
             await self.service.start()
+            await self.snapshots.start()
             for warning in self.runtime.warnings:
                 log.warning(warning)
             try:
                 yield
             finally:
                 self.begin_shutdown()
+                await self.snapshots.close()
                 await self.service.close()
                 await self.access.dispatcher.close()
 
         app = FastAPI(title="OpenSandbox emulator: Lifecycle API", version=__version__,
                       lifespan=lifespan)
         app.state.service = self.service
+        app.state.snapshots = self.snapshots
         app.state.access = self.access
         install_error_handlers(app, LIFECYCLE_API)
-        app.include_router(lifecycle_router)
-        app.include_router(lifecycle_router, prefix="/v1")
+        for router in (lifecycle_router, diagnostics_router, unserved_router):
+            app.include_router(router)
+            app.include_router(router, prefix="/v1")
         app.router.routes.extend(proxy_routes(self.access.dispatcher))
         if self.control is not None:
             app.state.control = self.control

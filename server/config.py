@@ -76,6 +76,11 @@ class GatewaySection:
     mode: Literal["uri", "header"] = "uri"
     # The host put into endpoints; empty means the host the client used.
     public_host: str = ""
+    # Signed routes (OSEP-0011): "id=BASE64,id2=BASE64" as upstream's ingress takes them
+    # (or env OPENSANDBOX_SECURE_ACCESS_KEYS, or upstream's [ingress.secure_access]); empty:
+    # a key made at start-up. The active key (default: the first) signs, all verify.
+    secure_access_keys: str = ""
+    secure_access_active_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -138,7 +143,7 @@ class Config:
             lines.append(f"[{section.name}]")
             for item in dataclasses.fields(getattr(self, section.name)):
                 value = getattr(getattr(self, section.name), item.name)
-                if item.name == "api_key" and value:
+                if item.name in ("api_key", "secure_access_keys") and value:
                     value = "***"
                 key = item.name.replace("_", "-") if section.name == "router" else item.name
                 lines.append(f"  {key} = {value!r}")
@@ -177,10 +182,31 @@ def _check(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+def _upstream_secure_access(ingress: Any) -> dict[str, str]:
+    """Upstream's `[ingress.secure_access]` (`active_key`, `keys = [{key_id, key}]`) as our
+    `[gateway]` keys; the rest of `[ingress]` stays ignored."""
+    block = ingress.get("secure_access") if isinstance(ingress, dict) else None
+    if not isinstance(block, dict):
+        return {}
+    keys = block.get("keys")
+    if not isinstance(keys, list) or not all(isinstance(k, dict) for k in keys):
+        raise ConfigError("ingress.secure_access.keys: expected a list of {key_id, key} tables")
+    text = ",".join(f"{k.get('key_id', '')}={k.get('key', '')}" for k in keys)
+    return {"secure_access_keys": text,
+            "secure_access_active_key": str(block.get("active_key", ""))}
+
+
 def from_mapping(data: dict[str, Any]) -> Config:
     """Build a `Config` from parsed TOML, refusing unknown keys and bad values."""
     sections: dict[str, Any] = {}
     config_hints = typing.get_type_hints(Config)
+    data = dict(data)
+    upstream_keys = _upstream_secure_access(data.get("ingress"))
+    if upstream_keys:
+        gateway = dict(data.get("gateway") or {})
+        for key, value in upstream_keys.items():
+            gateway.setdefault(key, value)
+        data["gateway"] = gateway
     for name, body in data.items():
         if name in IGNORED_SECTIONS:
             continue
@@ -234,15 +260,40 @@ def validate(config: Config) -> None:
             raise ConfigError(f"server.cors_origins[{i}]: {origin!r} is not an origin; write "
                               "scheme://host[:port] with no path, e.g. "
                               "\"http://localhost:3000\"")
+    if config.gateway.secure_access_keys:
+        from opensandbox_emulator.server.access.signing import parse_keys
+
+        try:
+            keys = parse_keys(config.gateway.secure_access_keys)
+        except ValueError as error:
+            raise ConfigError(f"gateway.secure_access_keys: {error}") from error
+        active = config.gateway.secure_access_active_key
+        if active and active not in keys:
+            raise ConfigError(f"gateway.secure_access_active_key: {active!r} is not one of the "
+                              f"keys ({', '.join(keys)})")
+    elif config.gateway.secure_access_active_key:
+        raise ConfigError("gateway.secure_access_active_key: set secure_access_keys too")
     if config.server.log_level.upper() not in ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"):
         raise ConfigError(f"server.log_level: {config.server.log_level!r} is not a log level")
+
+
+def _keys_from_environment(config: Config) -> Config:
+    """Upstream's `OPENSANDBOX_SECURE_ACCESS_KEYS`/`…_ACTIVE_KEY`, where the file sets none
+    (key material from a secret rather than a plain file)."""
+    keys = os.environ.get("OPENSANDBOX_SECURE_ACCESS_KEYS", "")
+    if not keys or config.gateway.secure_access_keys:
+        return config
+    config = config.replace("gateway", secure_access_keys=keys, secure_access_active_key=
+                            os.environ.get("OPENSANDBOX_SECURE_ACCESS_ACTIVE_KEY", ""))
+    validate(config)
+    return config
 
 
 def load(path: str | None) -> Config:
     """Read the config file named by `path` or `SANDBOX_CONFIG_PATH`; none means defaults."""
     path = path or os.environ.get("SANDBOX_CONFIG_PATH") or None
     if path is None:
-        return Config()
+        return _keys_from_environment(Config())
     try:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
@@ -250,4 +301,4 @@ def load(path: str | None) -> Config:
         raise ConfigError(f"config file {path} does not exist") from error
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from error
-    return from_mapping(data)
+    return _keys_from_environment(from_mapping(data))

@@ -96,6 +96,51 @@ class SandboxStartFailed(ApiError):
     code = "DOCKER::SANDBOX_START_FAILED"
 
 
+class InvalidMetadataFormat(ApiError):
+    status_code = 400
+    code = "INVALID_METADATA_FORMAT"
+
+
+class NotImplementedHere(ApiError):
+    """A route or field the newest SDKs use that this server does not serve."""
+
+    status_code = 501
+    code = "GENERAL::NOT_IMPLEMENTED"
+
+
+class SecureAccessDenied(ApiError):
+    """The gateway refused a request to a secured sandbox, or a signed route."""
+
+    status_code = 401
+    code = "GATEWAY::UNAUTHORIZED"
+
+
+# --- snapshots ---------------------------------------------------------------------------------
+
+
+class SnapshotNotFound(ApiError):
+    status_code = 404
+    code = "SNAPSHOT::NOT_FOUND"
+
+    def __init__(self, snapshot_id: str):
+        super().__init__(f"Snapshot {snapshot_id} not found.")
+
+
+class SnapshotSourceState(ApiError):
+    status_code = 409
+    code = "SNAPSHOT::INVALID_SOURCE_STATE"
+
+
+class SnapshotBusy(ApiError):
+    status_code = 409
+    code = "SNAPSHOT::INVALID_STATE"
+
+
+class SnapshotNotReady(ApiError):
+    status_code = 409
+    code = "SNAPSHOT::NOT_READY"
+
+
 class VolumeError(ApiError):
     """A volume was refused; `code` is one of upstream's `VOLUME::…` strings."""
 

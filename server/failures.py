@@ -43,6 +43,9 @@ from opensandbox_emulator.runtimes.failures import (
     ResumeFailed,
     RuntimeFailure,
     SandboxMissing,
+    SnapshotFailed,
+    SnapshotInUse,
+    SnapshotMissing,
     SpawnFailed,
     StartFailed,
     SubPathNotFound,
@@ -92,6 +95,10 @@ FAILURES: dict[type[RuntimeFailure], Reply] = {
     RemoveFailed: Reply(500, "DOCKER::SANDBOX_DELETE_FAILED"),
     NetworkNotFound: Reply(500, "DOCKER::NETWORK_NOT_FOUND"),
     NoNetworkAddress: Reply(503, "DOCKER::NETWORK_MODE_ENDPOINT_UNAVAILABLE"),
+    # snapshots
+    SnapshotFailed: Reply(500, "SNAPSHOT::CREATE_FAILED"),
+    SnapshotMissing: Reply(404, "SNAPSHOT::NOT_FOUND"),
+    SnapshotInUse: Reply(409, "SNAPSHOT::DELETE_CONFLICT"),
     PortUnreachable: Reply(502, "GENERAL::UNKNOWN_ERROR"),
     # processes
     SpawnFailed: Reply(_refused_or_broken, "RUNTIME_ERROR"),

@@ -149,6 +149,11 @@ LOOPBACK = ["--host", "127.0.0.1", "--port", "0", "--gateway-port", "0"]
     ("[server]\nport = 9000\n[gateway]\nport = 9000\n", "gateway.port"),
     ("[fake]\nisolation = \"maybe\"\n", "fake.isolation"),
     ("[execd]\naccess_token = \"on\"\n", "execd.access_token"),
+    ("[gateway]\nsecure_access_keys = \"ab=c2VjcmV0\"\n", "gateway.secure_access_keys"),
+    ("[gateway]\nsecure_access_keys = \"a=c2VjcmV0\"\nsecure_access_active_key = \"b\"\n",
+     "gateway.secure_access_active_key"),
+    ("[ingress.secure_access]\nactive_key = \"a\"\nkeys = \"a=c2VjcmV0\"\n",
+     "ingress.secure_access.keys"),
 ])
 def test_a_bad_config_stops_start_up_naming_the_key(tmp_path: Path, toml: str,
                                                     names: str) -> None:
@@ -300,3 +305,34 @@ def test_isolation_can_be_required_or_turned_off(run: type[Running], tmp_path: P
                                    env={"PATH": str(tmp_path / "empty")})
         assert code != 0
         assert 'isolation = "strict"' in stderr and "runc is not installed" in stderr, stderr
+
+
+def test_upstream_secure_access_keys_sign_routes(run: type[Running], tmp_path: Path) -> None:
+    """Upstream's `[ingress.secure_access]` block gives the gateway its keys: a route signed
+    here carries the active key's id and verifies with that key's secret."""
+    import base64
+    import hashlib
+    import struct
+
+    secret = b"upstream shared secret"
+    config = write(tmp_path / "keys.toml", f"""
+[ingress.secure_access]
+active_key = "b"
+keys = [{{ key_id = "a", key = "{base64.b64encode(b'old').decode()}" }},
+        {{ key_id = "b", key = "{base64.b64encode(secret).decode()}" }}]
+""")
+    server = run(["--config", str(config), *LOOPBACK])
+    assert "secure_access_keys = '***'" in server.output
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        sandbox_id = client.post("/v1/sandboxes", json=create_body()).json()["id"]
+        try:
+            expires = int(time.time()) + 600
+            endpoint = client.get(f"/v1/sandboxes/{sandbox_id}/endpoints/8080",
+                                  params={"expires": expires}).json()["endpoint"]
+            expires_b36, signature = endpoint.split("/")[-2:]
+            canonical = f"v1\nshort\n{sandbox_id}\n8080\n{expires_b36}\n".encode()
+            inner = (struct.pack(">I", len(secret)) + secret +
+                     struct.pack(">I", len(canonical)) + canonical)
+            assert signature == hashlib.sha256(inner).hexdigest()[:8] + "b"
+        finally:
+            client.delete(f"/v1/sandboxes/{sandbox_id}")

@@ -308,10 +308,16 @@ def test_clock_and_reset(execd_server: ServerProcess,
                      "EMULATOR::INVALID_REQUEST")
 
         client.post("/_emulator/faults", json={"kind": "slow_ping"})
+        snapshot = client.post(f"/v1/sandboxes/{long}/snapshots", json={}).json()["id"]
+        wait_for(lambda: client.get(f"/v1/snapshots/{snapshot}").json()["status"]["state"]
+                 == "Ready", "the snapshot")
         reset = client.post("/_emulator/reset")
-        assert reset.json() == {"deletedSandboxes": 2}
+        assert reset.json() == {"deletedSandboxes": 2, "deletedSnapshots": 1}
         assert client.get("/_emulator/journal").json()["items"] == []
         assert client.get("/v1/sandboxes").json()["items"] == []
+        assert client.get("/v1/snapshots").json()["items"] == []
+        assert client.get(f"/v1/sandboxes/{long}/diagnostics/events",
+                          params={"scope": "lifecycle"}).status_code == 404
         assert client.get("/_emulator/faults").json()["items"] == []
         assert client.get("/_emulator/clock").json()["offsetSeconds"] == 0
     assert containers_of(running) == []

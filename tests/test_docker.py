@@ -237,7 +237,8 @@ def test_named_volume_whole_and_sub_path(server: ServerProcess, engine: Any,
         assert stdout_of(sandbox, "cat /part/f.txt") == "shared\n"
         assert Path(volume.attrs["Mountpoint"], "sub", "f.txt").read_text() == "shared\n"
 
-        missing = create_raw(server, volumes=[{"name": "a", "pvc": {"claimName": "osb-nope"},
+        missing = create_raw(server, volumes=[{"name": "a", "pvc": {"claimName": "osb-nope",
+                                                                    "createIfNotExists": False},
                                                "mountPath": "/a"}])
         assert missing.status_code == 400
         assert missing.json()["code"] == "VOLUME::PVC_NOT_FOUND"

@@ -384,8 +384,8 @@ def test_volume_shape_errors(http: httpx.Client, tmp_path: Path) -> None:
         ([host(tmp_path / "missing")], "VOLUME::HOST_PATH_NOT_FOUND", "missing"),
         ([host(tmp_path, subPath="missing-sub")], "VOLUME::HOST_PATH_NOT_FOUND",
          "missing-sub"),
-        ([volume(pvc={"claimName": "no-such-volume"})], "VOLUME::PVC_NOT_FOUND",
-         "no-such-volume"),
+        ([volume(pvc={"claimName": "no-such-volume", "createIfNotExists": False})],
+         "VOLUME::PVC_NOT_FOUND", "no-such-volume"),
     ]
     for volumes, code, mentions in cases:
         response = http.post("/v1/sandboxes", json=create_body(volumes=volumes))
@@ -684,8 +684,14 @@ def test_list_filters_by_metadata_with_and(http: httpx.Client,
     # On the wire the value is one percent-encoded parameter.
     raw = http.get("/v1/sandboxes?metadata=" + quote(meta({**labels, "env": "dev"}), safe=""))
     assert [item["id"] for item in raw.json()["items"]] == [a]
-    # A pair without a value is dropped, as parse_qsl does upstream.
-    assert set(ids(metadata=meta(labels) + "&team")) == {a, b, c}
+    # As upstream HEAD parses it: `k=` matches only an empty value, a pair without `=` is
+    # a malformed filter.
+    assert ids(metadata=meta(labels) + "&team=") == []
+    empty = created(metadata={**labels, "team": ""})["id"]
+    assert ids(metadata=meta(labels) + "&team=") == [empty]
+    response = http.get("/v1/sandboxes", params={"metadata": meta(labels) + "&team"})
+    assert_error(response, 400, "INVALID_METADATA_FORMAT", "team")
+    assert_lifecycle_spec(response)
 
 
 def test_list_filters_by_state_with_or_case_insensitively(

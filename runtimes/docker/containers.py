@@ -27,12 +27,27 @@ from opensandbox_emulator.runtimes.limits import Limits
 log = logging.getLogger("opensandbox.runtime.docker")
 
 
+def platform_of(spec: SandboxSpec) -> str | None:
+    """`os/arch` of the request's `platform` (only linux: this server runs no Windows)."""
+    if spec.platform is None:
+        return None
+    if spec.platform[0] != "linux":
+        raise InvalidArgument(f"platform {spec.platform[0]}/{spec.platform[1]} is not supported "
+                              "here: the docker runtime runs Linux containers only.",
+                              field="platform")
+    return "/".join(spec.platform)
+
+
 async def ensure_image(engine: Engine, spec: SandboxSpec) -> None:
-    """Pull the sandbox's image unless the engine has it (with `image.auth` if given)."""
+    """Pull the sandbox's image unless the engine has it (with `image.auth` if given); with
+    a `platform`, pull it for that platform when the local one is of another."""
     client = engine.client
+    platform = platform_of(spec)
     try:
-        await engine.call(client.images.get, spec.image)
-        return
+        image = await engine.call(client.images.get, spec.image)
+        have = f"{image.attrs.get('Os', 'linux')}/{image.attrs.get('Architecture', '')}"
+        if platform is None or have == platform or spec.snapshot_id is not None:
+            return
     except ImageNotFound:
         pass
     except APIError as error:
@@ -45,7 +60,7 @@ async def ensure_image(engine: Engine, spec: SandboxSpec) -> None:
     log.info("pulling image %s", spec.image)
     try:
         await engine.call(client.images.pull, repository, tag=tag or "latest",
-                          auth_config=auth)
+                          auth_config=auth, platform=platform)
     except APIError as error:
         raise ImageUnavailable(
             spec.image,
@@ -72,6 +87,8 @@ def container_options(spec: SandboxSpec, settings: DockerSettings, limits: Limit
         "init": settings.init,
         "detach": True,
     }
+    if spec.platform is not None:
+        options["platform"] = platform_of(spec)
     network = settings.network_mode or "bridge"
     if network == "host":
         options["network_mode"] = "host"

@@ -25,6 +25,12 @@ METADATA = PREFIX + "metadata"
 IMAGE = PREFIX + "image"
 ENTRYPOINT = PREFIX + "entrypoint"
 CREATED_AT = PREFIX + "created-at"
+SNAPSHOT_ID = PREFIX + "snapshot-id"  # the snapshot a sandbox was restored from
+OWNED_VOLUMES = PREFIX + "volume-managed-by"  # JSON list: volumes removed with the sandbox
+EXTENSIONS = PREFIX + "extensions"
+SECURE_ACCESS_TOKEN = PREFIX + "secure-access-token"
+PLATFORM_OS = PREFIX + "platform-os"
+PLATFORM_ARCH = PREFIX + "platform-arch"
 
 
 def container_name(sandbox_id: str) -> str:
@@ -43,8 +49,14 @@ def make_labels(spec: SandboxSpec, instance: str) -> dict[str, str]:
     })
     if spec.created_at is not None:
         labels[CREATED_AT] = spec.created_at.astimezone(UTC).isoformat()
-    if spec.expires_at is not None:
-        labels[EXPIRES_AT] = spec.expires_at.astimezone(UTC).isoformat()
+    # Set even when empty: a container made from a snapshot image would otherwise inherit
+    # the source's value from the image.
+    labels[EXPIRES_AT] = spec.expires_at.astimezone(UTC).isoformat() if spec.expires_at else ""
+    labels[SNAPSHOT_ID] = spec.snapshot_id or ""
+    labels[OWNED_VOLUMES] = json.dumps(list(spec.owned_volumes)) if spec.owned_volumes else ""
+    labels[PLATFORM_OS], labels[PLATFORM_ARCH] = spec.platform or ("", "")
+    labels[EXTENSIONS] = json.dumps(dict(spec.extensions)) if spec.extensions else ""
+    labels[SECURE_ACCESS_TOKEN] = spec.secure_access_token or ""
     return labels
 
 
@@ -81,6 +93,18 @@ def spec_from_container(attrs: Mapping[str, Any],
     created = parse_time(labels.get(CREATED_AT)) or parse_time(attrs.get("Created"))
     expires = expiry_override or parse_time(labels.get(EXPIRES_AT))
     env = dict(item.split("=", 1) for item in config.get("Env") or [] if "=" in item)
+    try:
+        owned = [str(name) for name in json.loads(labels.get(OWNED_VOLUMES) or "[]")]
+    except (ValueError, TypeError):
+        owned = []
+    platform = (labels.get(PLATFORM_OS, ""), labels.get(PLATFORM_ARCH, ""))
+    try:
+        extensions = {str(k): str(v) for k, v in json.loads(labels.get(EXTENSIONS) or "{}").items()}
+    except (ValueError, AttributeError):
+        extensions = {}
     return SandboxSpec(sandbox_id=labels[ID], image=labels.get(IMAGE) or config.get("Image", ""),
                        entrypoint=entrypoint, env=env, metadata=metadata, created_at=created,
-                       expires_at=expires)
+                       expires_at=expires, snapshot_id=labels.get(SNAPSHOT_ID) or None,
+                       platform=platform if all(platform) else None, owned_volumes=owned,
+                       extensions=extensions,
+                       secure_access_token=labels.get(SECURE_ACCESS_TOKEN) or None)

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -32,16 +33,19 @@ from docker.errors import APIError, NotFound
 from docker.types import Mount
 
 from opensandbox_emulator.runtimes.base import (
+    EntrypointOutput,
     Phase,
     ResourceUsage,
     Runtime,
     RuntimeStatus,
     SandboxProcess,
     SandboxSpec,
+    SnapshotSpec,
     SpawnRequest,
+    StoredSnapshot,
     check_process_inputs,
 )
-from opensandbox_emulator.runtimes.docker import labels
+from opensandbox_emulator.runtimes.docker import labels, snapshots
 from opensandbox_emulator.runtimes.docker.containers import (
     container_options,
     create_env_file,
@@ -50,13 +54,24 @@ from opensandbox_emulator.runtimes.docker.containers import (
 )
 from opensandbox_emulator.runtimes.docker.engine import Engine, explain, wrong_state
 from opensandbox_emulator.runtimes.docker.execs import send_pending_signals, spawn_process
-from opensandbox_emulator.runtimes.docker.expiry import ExpiryStore, default_state_dir
+from opensandbox_emulator.runtimes.docker.expiry import (
+    ExpiryStore,
+    MetadataStore,
+    default_state_dir,
+)
 from opensandbox_emulator.runtimes.docker.filesystem import DockerFilesystem
+from opensandbox_emulator.runtimes.docker.logs import entrypoint_output
 from opensandbox_emulator.runtimes.docker.ports import connect
 from opensandbox_emulator.runtimes.docker.sandbox import DockerSandbox, inspect_container
 from opensandbox_emulator.runtimes.docker.settings import DockerSettings
 from opensandbox_emulator.runtimes.docker.stats import usage
-from opensandbox_emulator.runtimes.docker.volumes import named_volume, sub_path_source, to_mount
+from opensandbox_emulator.runtimes.docker.volumes import (
+    create_volume,
+    named_volume,
+    remove_volume,
+    sub_path_source,
+    to_mount,
+)
 from opensandbox_emulator.runtimes.failures import (
     NetworkNotFound,
     PauseFailed,
@@ -79,6 +94,8 @@ class DockerRuntime(Runtime):
         self.network = settings.network_mode or "bridge"
         self.engine = engine or Engine()
         self.expiry = ExpiryStore(settings.state_dir or default_state_dir(), settings.instance)
+        self.metadata = MetadataStore(settings.state_dir or default_state_dir(),
+                                      settings.instance)
         self._sandboxes: dict[str, DockerSandbox] = {}
         self._host_cpus = float(os.cpu_count() or 1)
 
@@ -107,6 +124,7 @@ class DockerRuntime(Runtime):
                     f"create it (docker network create {self.network}) or use \"bridge\".",
                 ) from error
         await self.expiry.load()
+        await self.metadata.load()
         containers = await self.engine.call(
             self.engine.client.containers.list, all=True,
             filters={"label": [labels.ID, f"{labels.INSTANCE}={self.settings.instance}"]})
@@ -117,9 +135,13 @@ class DockerRuntime(Runtime):
             spec = labels.spec_from_container(container.attrs)
             if renewed:
                 spec = replace(spec, expires_at=when)
+            patched = self.metadata.get(sandbox_id)
+            if patched is not None:
+                spec = replace(spec, metadata=patched)
             specs.append(spec)
             self._track(sandbox_id, container.attrs)
         await self.expiry.forget(keep_only=set(self._sandboxes))
+        await self.metadata.forget(keep_only=set(self._sandboxes))
         if specs:
             log.info("adopted %d sandbox container(s) of instance %r", len(specs),
                      self.settings.instance)
@@ -159,8 +181,16 @@ class DockerRuntime(Runtime):
             return sub_path_source(volume, sub_path)
         return volume.name
 
+    async def create_named_volume(self, claim_name: str, sub_path: str | None) -> None:
+        await create_volume(self.engine, claim_name, sub_path)
+
+    async def remove_named_volume(self, claim_name: str) -> None:
+        await remove_volume(self.engine, claim_name)
+
     async def create(self, spec: SandboxSpec) -> None:
         check_process_inputs(spec.entrypoint, spec.env)
+        if spec.snapshot_id is not None:
+            spec = replace(spec, image=await snapshots.require(self.engine, spec.snapshot_id))
         limits = parse_limits(spec.resource_limits)
         mounts: list[Mount] = []
         for volume in spec.volumes:
@@ -239,9 +269,28 @@ class DockerRuntime(Runtime):
                 raise RemoveFailed(sandbox_id, explain(error)) from error
         await self._forget(sandbox_id)
         await self.expiry.forget({sandbox_id})
+        await self.metadata.forget({sandbox_id})
 
     async def set_expiry(self, sandbox_id: str, expires_at: datetime | None) -> None:
         await self.expiry.set(sandbox_id, expires_at)
+
+    async def set_metadata(self, sandbox_id: str, metadata: Mapping[str, str]) -> None:
+        await self.metadata.set(sandbox_id, dict(metadata))
+
+    async def entrypoint_output(self, sandbox_id: str, max_bytes: int) -> EntrypointOutput:
+        return await entrypoint_output(self.engine, self._sandbox(sandbox_id), max_bytes)
+
+    # --- snapshots -----------------------------------------------------------------------------
+
+    async def stored_snapshots(self) -> list[StoredSnapshot]:
+        return await snapshots.stored(self.engine, self.settings.instance)
+
+    async def capture_snapshot(self, sandbox_id: str, spec: SnapshotSpec) -> None:
+        self._sandbox(sandbox_id)
+        await snapshots.commit(self.engine, sandbox_id, spec, self.settings.instance)
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        await snapshots.remove(self.engine, snapshot_id)
 
     # --- processes ---------------------------------------------------------------------------
 

@@ -91,3 +91,37 @@ def to_mount(volume: VolumeMount, named: NamedVolume | None) -> Mount:
                      type="bind", read_only=volume.read_only)
     return Mount(target=volume.mount_path, source=named.name, type="volume",
                  read_only=volume.read_only)
+
+
+MANAGED_BY = "opensandbox.io/volume-managed-by"
+
+
+async def create_volume(engine: Engine, claim_name: str, sub_path: str | None) -> None:
+    """`docker volume create` for `pvc.createIfNotExists`, labelled as this server's (so it
+    is the only kind `remove_volume` removes); with a subPath, that directory is made in it
+    when this process sees the volume's directory."""
+    try:
+        volume = await engine.call(engine.client.volumes.create, claim_name,
+                                   labels={MANAGED_BY: "server"})
+    except APIError as error:
+        raise VolumeQueryFailed(claim_name, f"Creating Docker volume '{claim_name}' failed: "
+                                f"{explain(error)}") from error
+    mountpoint = (volume.attrs or {}).get("Mountpoint", "")
+    if sub_path and mountpoint and os.path.isdir(mountpoint):
+        target = os.path.realpath(os.path.join(mountpoint, sub_path))
+        if target.startswith(os.path.realpath(mountpoint) + "/"):
+            os.makedirs(target, exist_ok=True)
+
+
+async def remove_volume(engine: Engine, claim_name: str) -> None:
+    """Remove a volume this server created; any other volume is left alone."""
+    try:
+        volume = await engine.call(engine.client.volumes.get, claim_name)
+        if (volume.attrs.get("Labels") or {}).get(MANAGED_BY) != "server":
+            return
+        await engine.call(volume.remove)
+    except NotFound:
+        return
+    except APIError as error:
+        raise VolumeQueryFailed(claim_name, f"Removing Docker volume '{claim_name}' failed: "
+                                f"{explain(error)}") from error

@@ -23,12 +23,15 @@ import signal
 import socket
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from opensandbox_emulator.runtimes.base import (
     DEFAULT_ENV_FILE,
+    EntrypointOutput,
     ExitStatus,
     Phase,
     ResourceUsage,
@@ -36,12 +39,15 @@ from opensandbox_emulator.runtimes.base import (
     RuntimeStatus,
     SandboxProcess,
     SandboxSpec,
+    SnapshotSpec,
     SpawnRequest,
+    StoredSnapshot,
     check_process_inputs,
 )
 from opensandbox_emulator.runtimes.failures import (
     EntrypointNotFound,
     ExecutableNotFound,
+    InvalidArgument,
     PortUnreachable,
     RuntimeFailure,
     SandboxMissing,
@@ -50,6 +56,7 @@ from opensandbox_emulator.runtimes.failures import (
     SubPathNotFound,
     SubPathOutside,
     Unavailable,
+    Unsupported,
     VolumeNotFound,
     VolumesUnsupported,
 )
@@ -75,13 +82,18 @@ from opensandbox_emulator.runtimes.fake.processes import (
     sample,
     write_pipe,
 )
+from opensandbox_emulator.runtimes.fake.snapshots import SnapshotStore
 from opensandbox_emulator.runtimes.fake.terminal import PseudoTerminal, TerminalControl
 from opensandbox_emulator.runtimes.limits import parse_limits
+from opensandbox_emulator.runtimes.output_tail import OutputTail
 
 log = logging.getLogger("opensandbox.runtime.fake")
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+ENTRYPOINT_OUTPUT_BYTES = 1024 * 1024  # the newest output of an entrypoint kept, for diagnostics
 DEFAULT_PIDS_LIMIT = 512
+# Files of /etc that name the sandbox: a restored sandbox keeps its own, not its source's.
+IDENTITY_FILES = ("hostname", "hosts", "resolv.conf")
 
 
 @dataclass
@@ -97,6 +109,7 @@ class FakeSandbox:
     paused: bool = False
     watcher: asyncio.Task[None] | None = None
     cpu_sample: tuple[float, float] | None = None  # (wall seconds, cpu seconds)
+    output: OutputTail = field(default_factory=lambda: OutputTail(ENTRYPOINT_OUTPUT_BYTES))
 
 
 class FakeRuntime(Runtime):
@@ -112,6 +125,7 @@ class FakeRuntime(Runtime):
         self._pids_limit = pids_limit or None
         self._plan: Plan | None = None
         self._sandboxes: dict[str, FakeSandbox] = {}
+        self.snapshots = SnapshotStore(self.state_dir)
 
     # --- start-up and shutdown -------------------------------------------------------------
 
@@ -171,7 +185,27 @@ class FakeRuntime(Runtime):
                                   f"'{claim_name}'.")
         return target
 
+    async def create_named_volume(self, claim_name: str, sub_path: str | None) -> None:
+        base = os.path.join(self.volumes_root, claim_name)
+        os.makedirs(base, exist_ok=True)
+        if sub_path:
+            await self.resolve_named_volume(claim_name, None)
+            target = os.path.realpath(os.path.join(base, sub_path))
+            if target.startswith(os.path.realpath(base) + "/"):
+                os.makedirs(target, exist_ok=True)
+
+    async def remove_named_volume(self, claim_name: str) -> None:
+        await asyncio.to_thread(shutil.rmtree, os.path.join(self.volumes_root, claim_name), True)
+
     async def create(self, spec: SandboxSpec) -> None:
+        if spec.platform is not None and spec.platform != ("linux", _host_arch()):
+            raise InvalidArgument(
+                f"platform {spec.platform[0]}/{spec.platform[1]} cannot be satisfied: the fake "
+                f"runtime runs sandboxes on this host, which is linux/{_host_arch()}. Leave "
+                "platform out, or ask for linux/" + _host_arch() + ".", field="platform")
+        if spec.snapshot_id is not None and self.isolation == "none":
+            raise Unsupported("Restoring a snapshot needs isolation (a private root to restore "
+                              "into), which this server does not have; see GET /health.")
         limits = parse_limits(spec.resource_limits)
         resources = Resources(memory_bytes=limits.memory_bytes, nano_cpus=limits.nano_cpus,
                               pids=self._pids_limit)
@@ -197,6 +231,13 @@ class FakeRuntime(Runtime):
         except LaunchFailed as error:
             await asyncio.to_thread(shutil.rmtree, directory, True)
             raise StartFailed(f"Failed to start the sandbox: {error}") from error
+        if spec.snapshot_id is not None:
+            try:
+                await self._restore(spec.snapshot_id, box)
+            except BaseException:
+                await self._launcher.end([box])
+                await asyncio.to_thread(shutil.rmtree, directory, True)
+                raise
         env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LANG": "C.UTF-8", "HOSTNAME": hostname}
         env.update(spec.env)
         env.setdefault("EXECD_ENVS", DEFAULT_ENV_FILE if box.pid_namespace else
@@ -222,12 +263,14 @@ class FakeRuntime(Runtime):
         assert sandbox.main is not None
         main = sandbox.main
 
+        # The entrypoint's output is read as it comes (so it never blocks on a pipe) and its
+        # newest bytes kept for diagnostics.
         async def drain(stream: asyncio.StreamReader | None) -> None:
             if stream is None:
                 return
             with contextlib.suppress(OSError, ValueError):
-                while await stream.read(PIPE_LIMIT):
-                    pass
+                while chunk := await stream.read(PIPE_LIMIT):
+                    sandbox.output.write(chunk)
 
         # Record the exit as soon as the entrypoint itself ends: a child it left running may
         # hold the pipes open for much longer (`sh -c "daemon & exit 0"`), and the sandbox
@@ -354,6 +397,42 @@ class FakeRuntime(Runtime):
             return RuntimeStatus(Phase.PAUSED)
         return RuntimeStatus(Phase.RUNNING)
 
+    async def entrypoint_output(self, sandbox_id: str, max_bytes: int) -> EntrypointOutput:
+        data, dropped = self._get(sandbox_id).output.read(max_bytes)
+        return EntrypointOutput(data, dropped)
+
+    # --- snapshots -------------------------------------------------------------------------
+
+    async def stored_snapshots(self) -> list[StoredSnapshot]:
+        return await self.snapshots.stored()
+
+    async def capture_snapshot(self, sandbox_id: str, spec: SnapshotSpec) -> None:
+        """Copy the sandbox's private root, frozen meanwhile (as `docker commit` pauses a
+        container) so the copy is of one moment."""
+        sandbox = self._get(sandbox_id)
+        if self.isolation == "none":
+            raise Unsupported("Snapshots need isolation (a private root to copy), which this "
+                              "server does not have; see GET /health.")
+        freeze = not sandbox.paused
+        if freeze:
+            await self._launcher.pause(sandbox.box)
+        try:
+            await self.snapshots.capture(sandbox.box.layout.root, spec)
+        finally:
+            if freeze and not sandbox.paused and self._sandboxes.get(sandbox_id) is sandbox:
+                await self._launcher.resume(sandbox.box)
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        await self.snapshots.delete(snapshot_id)
+
+    async def _restore(self, snapshot_id: str, box: Box) -> None:
+        """Copy a snapshot's files onto a new sandbox's private root, before its entrypoint
+        starts. The files that name this sandbox (its hostname and addresses) stay its own."""
+        etc = Path(box.layout.root, "etc")
+        own = await asyncio.to_thread(_read_files, etc, IDENTITY_FILES)
+        await self.snapshots.restore(snapshot_id, box.layout.root)
+        await asyncio.to_thread(_write_files, etc, own)
+
     def environment(self, sandbox_id: str) -> dict[str, str]:
         return dict(self._get(sandbox_id).env)
 
@@ -415,6 +494,24 @@ def _touch(box: Box, sandbox_path: str) -> None:
             os.chown(target.host_path, *box.ids.root)
     except (OSError, RuntimeFailure) as error:
         log.warning("cannot create the env file %s: %s", sandbox_path, error)
+
+
+def _read_files(directory: Path, names: Sequence[str]) -> dict[str, bytes]:
+    found = {}
+    for name in names:
+        with contextlib.suppress(OSError):
+            found[name] = (directory / name).read_bytes()
+    return found
+
+
+def _write_files(directory: Path, files: Mapping[str, bytes]) -> None:
+    for name, content in files.items():
+        (directory / name).write_bytes(content)
+
+
+def _host_arch() -> str:
+    machine = os.uname().machine
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
 
 
 def _spawn_failure(failure: InitFailure, request: SpawnRequest, cwd: str) -> SpawnFailed:

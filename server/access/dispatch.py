@@ -5,6 +5,11 @@ execd, served in-process by the embedded execd app; any other port is forwarded 
 connection the runtime opens to it (`Runtime.connect`). Every refusal has the
 `{"code","message"}` body: an unknown sandbox is 404, a paused one 503, a port where nothing
 listens 502.
+
+Access is checked here as upstream's ingress gateway checks it: a signed route must verify
+and not be expired; a secured sandbox (`secureAccess`) needs its `OpenSandbox-Secure-Access`
+token or a good signed route; either failing is 401. A request that gets through counts as
+an access for renew-on-access.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from opensandbox_emulator.runtimes.failures import RuntimeFailure, SandboxMissing
 from opensandbox_emulator.server.access.forward import HttpForwarder, forward_websocket
+from opensandbox_emulator.server.access.signing import RouteSigner, SignedRoute
 from opensandbox_emulator.server.errors import (
     LIFECYCLE_API,
     ApiError,
@@ -23,6 +29,7 @@ from opensandbox_emulator.server.errors import (
     InvalidPort,
     SandboxNotReachable,
     SandboxPaused,
+    SecureAccessDenied,
     send_error,
 )
 from opensandbox_emulator.server.execd.sandbox import SCOPE_KEY, ExecdHub
@@ -33,16 +40,19 @@ from opensandbox_emulator.server.unexpected import REQUEST_ID_KEY
 
 EXECD_PORT = 44772
 TOKEN_HEADER = "x-execd-access-token"
+SECURE_ACCESS_HEADER = "opensandbox-secure-access"
 ASGI_CONNECTION_KEYS = {"type", "asgi", "http_version", "method", "scheme", "server", "client",
                         "headers", "query_string", "subprotocols", "extensions", "state",
                         REQUEST_ID_KEY, SHUTDOWN_KEY}
 
 
 class Dispatcher:
-    def __init__(self, service: SandboxService, hub: ExecdHub, execd_app: ASGIApp):
+    def __init__(self, service: SandboxService, hub: ExecdHub, execd_app: ASGIApp,
+                 signer: RouteSigner | None = None):
         self.service = service
         self.hub = hub
         self.execd_app = execd_app
+        self.signer = signer or RouteSigner.generated()
         self.http = HttpForwarder(service.runtime.connect)
 
     async def close(self) -> None:
@@ -53,11 +63,14 @@ class Dispatcher:
         self.http.forget(sandbox_id)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, *, sandbox_id: str,
-                       port: int, path: str) -> None:
+                       port: int, path: str, signed: SignedRoute | None = None) -> None:
         """Serve one request (or WebSocket) for `port` of `sandbox_id`, at `path`: the raw
-        request path (percent-escapes kept, no query) the target is to see."""
+        request path (percent-escapes kept, no query) the target is to see. `signed` is
+        the signed route the gateway read, if any."""
         try:
             await self._check(scope, sandbox_id, port)
+            self._check_access(scope, sandbox_id, port, signed)
+            await self.service.accessed(sandbox_id)
             if port == EXECD_PORT:
                 await self._to_execd(scope, receive, send, sandbox_id, path)
             else:
@@ -88,6 +101,29 @@ class Dispatcher:
                         "header. This server gives each sandbox its own execd token: read it "
                         f"from the `headers` of GET /v1/sandboxes/{sandbox_id}/endpoints/"
                         f"{EXECD_PORT} and send it with every execd request.")
+
+    def _check_access(self, scope: Scope, sandbox_id: str, port: int,
+                      signed: SignedRoute | None) -> None:
+        token = self.service.secure_access_token(sandbox_id)
+        given = _header(scope, SECURE_ACCESS_HEADER)
+        if token is not None and given is not None:
+            if not hmac.compare_digest(given.strip().encode(), token.encode()):
+                raise SecureAccessDenied(f"The OpenSandbox-Secure-Access header does not match "
+                                         f"sandbox {sandbox_id}'s token; send the one in the "
+                                         "headers of its endpoint.")
+            return
+        if signed is not None:
+            problem = self.signer.check(signed, sandbox_id, port, self.service.clock.now())
+            if problem is not None:
+                raise SecureAccessDenied(f"Signed route refused: {problem}. Get a new one "
+                                         f"from GET /v1/sandboxes/{sandbox_id}/endpoints/"
+                                         f"{port}?expires=<unix seconds>.")
+            return
+        if token is not None:
+            raise SecureAccessDenied(
+                f"Sandbox {sandbox_id} was created with secureAccess: send its "
+                "OpenSandbox-Secure-Access header (from the headers of GET /v1/sandboxes/"
+                f"{sandbox_id}/endpoints/{port}) or use a signed endpoint.")
 
     async def _to_execd(self, scope: Scope, receive: Receive, send: Send, sandbox_id: str,
                         path: str) -> None:

@@ -41,8 +41,9 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailer", "trailers", "transfer-encoding", "upgrade", "proxy-connection"}
-# Never forwarded into a sandbox: the lifecycle API key is for the server alone.
-STRIPPED_REQUEST = {"host", "open-sandbox-api-key"}
+# Never forwarded into a sandbox: the lifecycle API key and a secured sandbox's access
+# token are for the server alone.
+STRIPPED_REQUEST = {"host", "open-sandbox-api-key", "opensandbox-secure-access"}
 # Response headers the front server (uvicorn) sets itself; copying the sandbox's too would
 # send each twice. Like nginx, the proxy's own win.
 STRIPPED_RESPONSE = {"date", "server"}

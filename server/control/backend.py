@@ -17,6 +17,7 @@ from opensandbox_emulator.server.control.faults import FaultBook
 from opensandbox_emulator.server.control.journal import Journal
 from opensandbox_emulator.server.errors import ApiError
 from opensandbox_emulator.server.lifecycle.service import SandboxService
+from opensandbox_emulator.server.lifecycle.snapshots import SnapshotService
 
 log = logging.getLogger("opensandbox.control")
 
@@ -34,19 +35,26 @@ class ResetIncomplete(ApiError):
 
 
 class EmulatorControl:
-    def __init__(self, service: SandboxService, clock: MovableClock, config: ControlSection):
+    def __init__(self, service: SandboxService, clock: MovableClock, config: ControlSection,
+                 *, snapshots: SnapshotService | None = None):
         self.service = service
+        self.snapshots = snapshots
         self.clock = clock
         self.journal = Journal(config.journal_size)
         self.faults = FaultBook()
 
     async def reset(self) -> dict[str, Any]:
-        """Every sandbox destroyed (with its commands, code contexts and files), the
-        journal and the fault rules emptied, the clock back to real time."""
+        """Every sandbox destroyed (with its commands, code contexts and files), every
+        snapshot deleted, the journal and the fault rules emptied, the clock back to real
+        time."""
         sandbox_ids = self.service.sandbox_ids()
         results = await asyncio.gather(*(self.service.delete(sandbox_id)
                                          for sandbox_id in sandbox_ids),
                                        return_exceptions=True)
+        snapshots = 0
+        if self.snapshots is not None:
+            snapshots = await self.snapshots.delete_all()
+        self.service.forget_removed()
         self.faults.clear()
         self.journal.clear()
         self.clock.restore()
@@ -58,7 +66,7 @@ class EmulatorControl:
             raise ResetIncomplete("Reset could not delete every sandbox: " + "; ".join(
                 f"{sandbox_id}: {error}" for sandbox_id, error in failed.items()))
         log.info("reset: %d sandboxes deleted", len(sandbox_ids))
-        return {"deletedSandboxes": len(sandbox_ids)}
+        return {"deletedSandboxes": len(sandbox_ids), "deletedSnapshots": snapshots}
 
     def clock_state(self) -> dict[str, Any]:
         return {"now": rfc3339(self.clock.now()), "offsetSeconds": self.clock.offset_seconds}

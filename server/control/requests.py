@@ -44,7 +44,7 @@ def view_of(scope: Scope, gateway_port: int) -> RequestView:
     if _on_gateway(scope, gateway_port):
         route = Gateway.route(scope)
         if isinstance(route, tuple):
-            sandbox_id, port, inner = route
+            sandbox_id, port, inner, _ = route
             return RequestView("gateway", unquote(inner or "/"), sandbox_id, port)
         return RequestView("gateway", path)
     proxied = PROXY_ROUTE.match(path)

@@ -1,4 +1,5 @@
-"""Checks on a create request beyond its shape: metadata labels, timeout, volumes.
+"""Checks on a create request beyond its shape: startup source, metadata labels, timeout,
+volumes, platform, extensions; and on a metadata patch.
 
 Each failure raises the `ApiError` with upstream's code and a message that says how to
 fix it. Host paths are checked against `[storage] allowed_host_paths` after resolving
@@ -15,13 +16,23 @@ import shlex
 from opensandbox_emulator.runtimes.base import VolumeMount
 from opensandbox_emulator.runtimes.failures import PathTooLong
 from opensandbox_emulator.runtimes.filesystem import check_length
-from opensandbox_emulator.server.errors import InvalidMetadataLabel, InvalidParameter, VolumeError
+from opensandbox_emulator.server.errors import (
+    InvalidMetadataLabel,
+    InvalidParameter,
+    NotImplementedHere,
+    VolumeError,
+)
 from opensandbox_emulator.server.lifecycle.models import CreateSandboxRequest, VolumeSpec
 
 # `\Z`, not `$`: `$` also matches before a trailing newline, which would let "a\n" through.
 LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?\Z")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
 MIN_TIMEOUT = 60
+RESERVED_PREFIX = "opensandbox.io/"
+PLATFORM_OS = ("linux", "windows")
+PLATFORM_ARCH = ("amd64", "arm64")
+RENEW_ON_ACCESS = "access.renew.extend.seconds"
+DEFAULT_SNAPSHOT_ENTRYPOINT = ["tail", "-f", "/dev/null"]
 
 
 def check_timeout(timeout: int | None, maximum: int) -> None:
@@ -71,6 +82,45 @@ def check_metadata(metadata: dict[str, str] | None) -> None:
             raise InvalidMetadataLabel(
                 f"Metadata value '{value}' is not a valid Kubernetes label value: use up to 63 "
                 "letters, digits, '-', '_' or '.', starting and ending with a letter or digit.")
+
+
+def check_metadata_patch(patch: dict[str, str | None]) -> None:
+    """Upstream's order: a reserved key is refused (even to delete it), then each value
+    set is checked as a label; keys being deleted are not checked."""
+    for key in patch:
+        if key.startswith(RESERVED_PREFIX):
+            raise InvalidMetadataLabel(f"Metadata key '{key}' is reserved "
+                                       f"({RESERVED_PREFIX} prefix).")
+    check_metadata({k: v for k, v in patch.items() if v is not None})
+
+
+def check_platform(request: CreateSandboxRequest) -> tuple[str, str] | None:
+    """`(os, arch)` lower-cased, or None; upstream's two enums."""
+    if request.platform is None:
+        return None
+    os_name, arch = request.platform.os.strip().lower(), request.platform.arch.strip().lower()
+    if os_name not in PLATFORM_OS or arch not in PLATFORM_ARCH:
+        raise InvalidParameter(f"platform {request.platform.os}/{request.platform.arch} is not "
+                               f"supported: os must be one of {', '.join(PLATFORM_OS)} and "
+                               f"arch one of {', '.join(PLATFORM_ARCH)}.")
+    return os_name, arch
+
+
+def check_extensions(extensions: dict[str, str] | None) -> None:
+    for key, value in (extensions or {}).items():
+        if key == "poolRef":
+            raise InvalidParameter("extensions.poolRef (create from a pre-warmed pool) is a "
+                                   "Kubernetes feature; this server has no pools. Leave it "
+                                   "out.", code="SANDBOX::UNSUPPORTED_POOL_REF")
+        if key == RENEW_ON_ACCESS and not (value.isascii() and value.isdigit() and
+                                           300 <= int(value) <= 86400):
+            raise InvalidParameter(f"extensions.{RENEW_ON_ACCESS} must be a whole number of "
+                                   f"seconds from 300 to 86400 (got {value!r}).")
+
+
+def renew_on_access_seconds(extensions: dict[str, str] | None) -> int | None:
+    value = (extensions or {}).get(RENEW_ON_ACCESS)
+    return int(value) if value is not None else None
 
 
 def _under(path: str, prefix: str) -> bool:
@@ -142,20 +192,59 @@ def check_volumes(volumes: list[VolumeSpec] | None, allowed: list[str]) -> list[
             raise VolumeError(f"Volume '{volume.name}': mountPath is too long ({error.message}).",
                               code="VOLUME::INVALID_MOUNT_PATH") from error
         sub = _check_sub_path(volume)
+        if volume.ossfs is not None:
+            raise VolumeError(f"Volume '{volume.name}': the ossfs backend (Alibaba Cloud OSS) "
+                              "is not supported by this server; use a host or pvc volume.",
+                              code="VOLUME::UNSUPPORTED_BACKEND")
         if volume.host is not None:
             source = _check_host_path(volume, sub, allowed)
             mounts.append(VolumeMount(volume.name, "host", source, mount_path,
                                       volume.read_only, sub))
         else:
-            assert volume.pvc is not None
-            mounts.append(VolumeMount(volume.name, "pvc", volume.pvc.claim_name, mount_path,
-                                      volume.read_only, sub))
+            pvc = volume.pvc
+            assert pvc is not None
+            mounts.append(VolumeMount(volume.name, "pvc", pvc.claim_name, mount_path,
+                                      volume.read_only, sub,
+                                      create_if_missing=pvc.create_if_not_exists,
+                                      delete_with_sandbox=pvc.delete_on_sandbox_termination))
     return mounts
+
+
+def check_source(request: CreateSandboxRequest) -> list[str]:
+    """Where the sandbox starts from; returns its entrypoint as given (or the default)."""
+    if request.template_id is not None:
+        raise NotImplementedHere(
+            "Sandboxes from templates (templateId) are not served by this server, nor by "
+            "upstream's: create the sandbox from an image or from a snapshotId.")
+    if (request.image is None) == (request.snapshot_id is None):
+        raise InvalidParameter("Exactly one of image or snapshotId must be given: image to "
+                               "start from a container image, snapshotId to restore a "
+                               "snapshot.")
+    if request.entrypoint is None:
+        if request.image is not None:
+            raise InvalidParameter("entrypoint is required with image, for example "
+                                   "[\"tail\", \"-f\", \"/dev/null\"].")
+        return list(DEFAULT_SNAPSHOT_ENTRYPOINT)
+    check_entrypoint(request.entrypoint)
+    return list(request.entrypoint)
+
+
+def check_credential_proxy(request: CreateSandboxRequest) -> None:
+    if request.credential_proxy is None or not request.credential_proxy.enabled:
+        return
+    if request.network_policy is None:
+        raise InvalidParameter("credentialProxy.enabled requires networkPolicy.")
+    raise NotImplementedHere(
+        "credentialProxy.enabled (the Credential Vault's transparent proxy) needs an egress "
+        "sidecar, which this server does not run; leave it out or set enabled to false.")
 
 
 def check_create(request: CreateSandboxRequest, *, max_timeout: int,
                  allowed_host_paths: list[str]) -> list[VolumeMount]:
+    check_source(request)
     check_timeout(request.timeout, max_timeout)
-    check_entrypoint(request.entrypoint)
     check_metadata(request.metadata)
+    check_platform(request)
+    check_extensions(request.extensions)
+    check_credential_proxy(request)
     return check_volumes(request.volumes, allowed_host_paths)

@@ -11,6 +11,7 @@ would then find it instead of the Docker SDK.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from pathlib import Path
@@ -74,16 +75,22 @@ def docker_sections(workdir: Path, *, instance: str | None = None,
 
 
 def remove_docker_sandboxes(instance: str) -> None:
-    """Remove every container a test server of `instance` left behind."""
+    """Remove every container and snapshot image a test server of `instance` left behind."""
     if docker_problem() is not None:
         return
     import docker
+    from docker.errors import APIError
 
     client = docker.from_env(timeout=30)
     try:
         for container in client.containers.list(
                 all=True, filters={"label": f"opensandbox.io/instance={instance}"}):
             container.remove(force=True)
+        for image in client.images.list(filters={
+                "label": ["opensandbox.io/snapshot-of", f"opensandbox.io/instance={instance}"]}):
+            for tag in image.tags:
+                with contextlib.suppress(APIError):
+                    client.images.remove(tag, force=True)
     finally:
         client.close()
 

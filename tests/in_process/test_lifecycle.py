@@ -21,7 +21,7 @@ pytestmark = pytest.mark.anyio
 INVALID = "SANDBOX::INVALID_PARAMETER"
 
 REFUSALS: list[tuple[str, dict[str, Any], str, str]] = [
-    ("no image", {"image": None}, INVALID, "image: Field required"),
+    ("no image", {"image": None}, INVALID, "Exactly one of image or snapshotId"),
     ("empty image uri", {"image": {"uri": ""}}, INVALID, "image.uri:"),
     ("timeout too short", {"timeout": 5}, INVALID,
      "timeout must be between 60 and 86400 seconds (got 5)"),

@@ -1,0 +1,1 @@
+"""The Diagnostics API: `/v1/sandboxes/{id}/diagnostics/{logs,events}`."""
