@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -64,6 +65,10 @@ def test_stop_leaves_nothing_behind() -> None:
         assert emulator.journal.entries(method="POST")[0].status == 202
     assert no_leftover_processes(state_dir) == []
     assert not state_dir.exists()
+    # A worker thread the failed start used may take a moment to finish; none may stay.
+    deadline = time.monotonic() + 10
+    while threading.active_count() > threads and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert threading.active_count() == threads
     for port in (lifecycle, gateway):
         with socket.socket() as probe:
@@ -97,6 +102,10 @@ def test_a_start_that_fails_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
     threads = threading.active_count()
     with pytest.raises(EmulatorStartError, match="Docker engine"):
         InProcessEmulator({"runtime": {"type": "docker"}})
+    # A worker thread the failed start used may take a moment to finish; none may stay.
+    deadline = time.monotonic() + 10
+    while threading.active_count() > threads and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert threading.active_count() == threads
 
 

@@ -88,8 +88,9 @@ async def test_slow_ping_delays_readiness(opensandbox_emulator, image):
 
 async def test_pings_slower_than_the_request_timeout(opensandbox_emulator, image):
     # Each ping outlasts the SDK's request timeout, so none counts until readiness gives up.
-    opensandbox_emulator.faults.slow_ping(delay_seconds=2, times=None)
-    config = opensandbox_emulator.connection_config(request_timeout=timedelta(seconds=0.5))
+    # The timeout still leaves the create itself (a container start, on Docker) time enough.
+    opensandbox_emulator.faults.slow_ping(delay_seconds=8, times=None)
+    config = opensandbox_emulator.connection_config(request_timeout=timedelta(seconds=5))
     with pytest.raises(SandboxReadyTimeoutException):
         await Sandbox.create(image, connection_config=config, ready_timeout=timedelta(seconds=1))
 
