@@ -21,6 +21,7 @@ import dns.rdatatype
 import dns.rrset
 
 TTL = 30
+PRINTING = threading.Lock()
 
 
 def lookup(names: dict[str, str], name: str) -> str | None:
@@ -37,7 +38,8 @@ def answer(names: dict[str, str], data: bytes) -> bytes:
     response = dns.message.make_response(query)
     question = query.question[0]
     name = question.name.to_text(omit_final_dot=True).lower()
-    print(name, flush=True)
+    with PRINTING:
+        print(name, flush=True)
     address = lookup(names, name)
     if address is None:
         response.set_rcode(dns.rcode.NXDOMAIN)
