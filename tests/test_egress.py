@@ -11,7 +11,9 @@ No traffic leaves the machine.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shlex
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +25,8 @@ import pytest
 from tests.conftest import RUNTIMES
 from tests.helpers.contract import assert_egress_spec, assert_error, assert_lifecycle_spec
 from tests.helpers.docker_engine import docker_sections, remove_docker_sandboxes, require_docker
+from tests.helpers.frames import split_frames
+from tests.helpers.newer_sdks import NEXT_PYTHON, require, run_json
 from tests.helpers.reach import reach
 from tests.helpers.servers import ServerProcess, create_body, launch, wait_for
 from tests.helpers.test_internet import HTTP_PORT, InternetUnavailable, TestInternet
@@ -386,3 +390,99 @@ def test_a_server_that_cannot_enforce_refuses_the_policy(
         assert refused.status_code == 501 and "root" in refused.text
     finally:
         delete(unprivileged_server, sandbox)
+
+
+def test_the_sandbox_cannot_lift_its_own_policy(server: ServerProcess,
+                                                internet: TestInternet) -> None:
+    """Root inside the sandbox has no capability over its network: it can neither change
+    the rules nor take the forwarder's port, and asking another resolver directly is
+    redirected to the forwarder all the same."""
+    sandbox = create(server, {"defaultAction": "deny",
+                              "egress": [{"action": "allow", "target": "allowed.test"}]})
+    try:
+        script = (
+            "import socket, subprocess\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "try:\n"
+            "    s.bind(('127.0.0.1', 15353)); print('bound')\n"
+            "except OSError as e:\n"
+            "    print('bind', e.errno)\n"
+            "try:\n"
+            "    r = subprocess.run(['nft', 'flush', 'ruleset'], capture_output=True)\n"
+            "    print('nft', r.returncode)\n"
+            "except FileNotFoundError:\n"
+            "    print('nft', 'missing')\n")
+        response = httpx.post(f"{server.url}/sandboxes/{sandbox}/proxy/44772/command",
+                              json={"command": f"python3 -c {shlex.quote(script)}"},
+                              timeout=60)
+        lines = [e["text"] for e in split_frames(response.content) if e["type"] == "stdout"]
+        assert lines[0] == f"bind {errno.EADDRINUSE}"
+        assert lines[1] != "nft 0"  # refused (or no nft in the image at all)
+        with_resolver = reach(server, sandbox, [target("allowed.test"), target("other.test")],
+                              resolver=internet.dns)
+        assert with_resolver == {target("allowed.test"): "NOERROR",
+                                 target("other.test"): "NXDOMAIN"}
+        assert reach(server, sandbox, [target(internet.address("beta"))]) == {
+            target(internet.address("beta")): "refused"}
+    finally:
+        delete(server, sandbox)
+
+
+# --- the SDKs ------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_the_sdk_readme_creates_a_sandbox_with_a_policy(server: ServerProcess) -> None:
+    """The SDK README's create example (0.1.5, which has `network_policy` but no egress
+    API), with this test internet's names."""
+    from datetime import timedelta
+
+    from opensandbox import Sandbox
+    from opensandbox.config import ConnectionConfig
+    from opensandbox.models.sandboxes import NetworkPolicy, NetworkRule
+
+    config = ConnectionConfig(domain=server.domain, request_timeout=timedelta(seconds=60))
+    sandbox = await Sandbox.create(
+        server.image,
+        connection_config=config,
+        timeout=timedelta(minutes=30),
+        resource={"cpu": "2", "memory": "4Gi"},
+        env={"PYTHONPATH": "/app"},
+        metadata={"project": "demo"},
+        network_policy=NetworkPolicy(
+            defaultAction="deny",
+            egress=[NetworkRule(action="allow", target="allowed.test")],
+        ),
+    )
+    try:
+        fetch = ("import sys, urllib.request\n"
+                 "for url in sys.argv[1:]:\n"
+                 "    try:\n"
+                 "        print(urllib.request.urlopen(url, timeout=10).read().decode())\n"
+                 "    except Exception as error:\n"
+                 "        print('failed', type(error).__name__)\n")
+        execution = await sandbox.commands.run(
+            f"python3 -c {shlex.quote(fetch)} http://allowed.test:{HTTP_PORT}/ "
+            f"http://other.test:{HTTP_PORT}/")
+        assert [line.text for line in execution.logs.stdout] == ["alpha", "failed URLError"]
+    finally:
+        await sandbox.kill()
+        await sandbox.close()
+
+
+@pytest.mark.parametrize("proxy", [False, True], ids=["gateway", "server-proxy"])
+def test_the_newest_sdk_reads_and_changes_the_policy(server: ServerProcess, proxy: bool) -> None:
+    require(NEXT_PYTHON)
+    argv = [str(NEXT_PYTHON), "tests/compat/newer_egress_sdk.py", server.domain, server.image,
+            f"http://allowed.test:{HTTP_PORT}/", f"http://other.test:{HTTP_PORT}/"]
+    out = run_json(argv + (["--proxy"] if proxy else []))
+    assert out["first"] == ["alpha", "failed URLError"]
+    assert out["policy"] == {"defaultAction": "deny",
+                             "egress": [{"action": "allow", "target": "allowed.test"}]}
+    assert out["patched"] == {"defaultAction": "deny", "egress": [
+        {"action": "allow", "target": "other.test"},
+        {"action": "deny", "target": "allowed.test"}]}
+    assert out["after_patch"] == ["failed URLError", "beta"]
+    assert out["after_delete"] == ["failed URLError", "failed URLError"]
+    assert "404" in str(out["vault"])
+    assert out["plain_policy"] == {"defaultAction": "allow", "egress": []}

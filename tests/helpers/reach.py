@@ -4,9 +4,9 @@ client would (resolve the name through the sandbox's own resolver, then connect,
 
 Each target's outcome is the body the test host answered with (its name), or one of:
 `nxdomain` (the resolver said there is no such name), `refused` (the connection was
-refused), `servfail`, `timeout`, or `error: …`. With `tcp_dns`, a target's name is also
-asked over TCP (a hand-made query, port 53 of the sandbox's first nameserver), and the
-outcome is the answer's rcode name (`NOERROR`, `NXDOMAIN`).
+refused), `servfail`, `timeout`, or `error: …`. With `tcp_dns`, each target's name is asked over
+TCP instead (a hand-made query to port 53 of the sandbox's first nameserver, or of
+`resolver`), and the outcome is the answer's rcode name (`NOERROR`, `NXDOMAIN`).
 """
 
 from __future__ import annotations
@@ -23,19 +23,20 @@ from tests.helpers.servers import ServerProcess, execd_url
 PROBE = r'''
 import json, socket, struct, sys
 out = {}
-def tcp_query(name):
-    server = [l.split()[1] for l in open("/etc/resolv.conf") if l.startswith("nameserver")][0]
+def tcp_query(name, server):
+    server = server or [l.split()[1] for l in open("/etc/resolv.conf")
+                        if l.startswith("nameserver")][0]
     question = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
     query = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + question + b"\0\1\0\1"
     with socket.create_connection((server, 53), timeout=10) as s:
         s.sendall(struct.pack("!H", len(query)) + query)
         reply = s.recv(2 + 65535)
     return {0: "NOERROR", 2: "SERVFAIL", 3: "NXDOMAIN"}.get(reply[2 + 3] & 15, "other")
-tcp = sys.argv[1] == "tcp"
+tcp = sys.argv[1].startswith("tcp")
 for target in sys.argv[2:]:
     host, port = target.rsplit(":", 1)
     if tcp:
-        out[target] = tcp_query(host)
+        out[target] = tcp_query(host, sys.argv[1][4:])
         continue
     try:
         address = socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)[0][4]
@@ -61,9 +62,10 @@ print(json.dumps(out))
 
 
 def reach(server: ServerProcess, sandbox_id: str, targets: list[str], *,
-          tcp_dns: bool = False) -> dict[str, Any]:
+          tcp_dns: bool = False, resolver: str | None = None) -> dict[str, Any]:
     """{target: outcome} for each `host:port` target, tried from inside the sandbox."""
-    command = " ".join(["python3", "-c", shlex.quote(PROBE), "tcp" if tcp_dns else "connect",
+    mode = f"tcp:{resolver or ''}" if tcp_dns or resolver else "connect"
+    command = " ".join(["python3", "-c", shlex.quote(PROBE), mode,
                         *map(shlex.quote, targets)])
     response = httpx.post(f"{execd_url(server, sandbox_id)}/command",
                           json={"command": command}, timeout=120)
