@@ -14,6 +14,7 @@ import contextlib
 import errno
 import os
 import shlex
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -486,3 +487,44 @@ def test_the_newest_sdk_reads_and_changes_the_policy(server: ServerProcess, prox
     assert out["after_delete"] == ["failed URLError", "failed URLError"]
     assert "404" in str(out["vault"])
     assert out["plain_policy"] == {"defaultAction": "allow", "egress": []}
+
+
+def test_a_restarted_server_puts_the_policies_of_its_docker_sandboxes_back(
+        internet: TestInternet, tmp_path: Path) -> None:
+    """Docker sandboxes outlive the server. Its rules stay in their namespaces meanwhile
+    (what they refused stays refused); the server that adopts them serves their names
+    again, under the policy as last changed."""
+    require_docker()
+    (tmp_path / "host").mkdir()
+    sections: dict[str, dict[str, Any]] = {"egress": {"dns_upstream": internet.dns},
+                                           **docker_sections(tmp_path)}
+    first = launch(sections, tmp_path)
+    try:
+        sandbox = create(first, {"defaultAction": "deny",
+                                 "egress": [{"action": "allow", "target": "allowed.test"}]})
+        assert call(first, sandbox, "PATCH", json=[{"action": "allow", "target": "other.test"}]
+                    ).status_code == 200
+        first.stop()
+        beta = internet.address("beta")
+        # No server: the rules still refuse, and no name resolves (nothing serves them).
+        container = f"sandbox-{sandbox}"
+        alone = subprocess.run(["docker", "exec", container, "python3", "-c", (
+            "import socket\n"
+            f"try:\n    socket.create_connection(('{beta}', {HTTP_PORT}), timeout=10)\n"
+            "except ConnectionRefusedError:\n    print('refused')\n")],
+            capture_output=True, text=True, timeout=60)
+        assert alone.stdout.strip() == "refused", alone.stderr
+        second = launch(sections, tmp_path)
+        try:
+            assert call(second, sandbox, "GET").json()["policy"]["egress"] == [
+                {"action": "allow", "target": "other.test"},
+                {"action": "allow", "target": "allowed.test"}]
+            assert reach(second, sandbox, [target("allowed.test"), target("other.test"),
+                                           target(internet.address("gamma"))]) == {
+                target("allowed.test"): "alpha", target("other.test"): "beta",
+                target(internet.address("gamma")): "refused"}
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+        remove_docker_sandboxes(sections["docker"]["instance"])
