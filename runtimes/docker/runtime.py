@@ -341,9 +341,9 @@ class DockerRuntime(Runtime):
         return self.egress.problem()
 
     def egress_health(self) -> dict[str, Any]:
-        return {**super().egress_health(), **self.egress.describe(),
-                "how": "nftables rules in the container's network namespace and a DNS "
-                       "forwarder, both held by the server (no sidecar, no NET_ADMIN)"}
+        return self.egress.health(self.egress_problem(), how=(
+            "nftables rules in the container's network namespace and a DNS forwarder, both "
+            "held by the server (no sidecar, no NET_ADMIN)"))
 
     async def egress_policy(self, sandbox_id: str) -> EgressPolicy | None:
         self._sandbox(sandbox_id)

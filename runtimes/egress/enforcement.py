@@ -61,9 +61,12 @@ class EgressEnforcer:
         """None when this server can enforce policies, else why it cannot."""
         return self.worker.problem()
 
-    def describe(self) -> dict[str, Any]:
-        """For `/health`."""
-        return {"mode": self.settings.mode,
+    def health(self, problem: str | None, how: str) -> dict[str, Any]:
+        """What `/health` says: whether policies are enforced (or why not), how, in which
+        mode, and which resolvers the forwarder asks."""
+        enforced: dict[str, Any] = ({"enforced": False, "reason": problem} if problem
+                                    else {"enforced": True})
+        return {**enforced, "how": how, "mode": self.settings.mode,
                 "dnsUpstream": [f"{host}:{port}" for host, port in self.settings.resolvers]}
 
     async def attach(self, namespace_path: str, policy: EgressPolicy) -> SandboxEgress:

@@ -478,9 +478,9 @@ class FakeRuntime(Runtime):
         return self.egress.problem()
 
     def egress_health(self) -> dict[str, Any]:
-        return {**super().egress_health(), **self.egress.describe(),
-                "how": "nftables rules in the sandbox's network namespace and a DNS "
-                       "forwarder, both held by the server"}
+        return self.egress.health(self.egress_problem(), how=(
+            "nftables rules in the sandbox's network namespace and a DNS forwarder, both "
+            "held by the server"))
 
     async def egress_policy(self, sandbox_id: str) -> EgressPolicy | None:
         egress = self._get(sandbox_id).egress
