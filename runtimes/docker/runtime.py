@@ -338,6 +338,10 @@ class DockerRuntime(Runtime):
         if self.network == "host":
             return ("[docker] network_mode is \"host\": sandboxes share the host's network, "
                     "whose traffic cannot be filtered for one sandbox (use \"bridge\")")
+        if os.path.exists("/.dockerenv"):
+            return ("the server runs in a container of its own (docker compose, say), from "
+                    "where it cannot enter its sandboxes' network namespaces; run it on the "
+                    "engine's host, as root")
         return self.egress.problem()
 
     def egress_health(self) -> dict[str, Any]:
