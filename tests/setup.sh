@@ -1,9 +1,9 @@
 #!/bin/sh
 # Everything the test suite needs, on a fresh machine: runc and slirp4netns (each fake
 # sandbox is a container with a network of its own), iproute2 (the outbound tests build
-# network namespaces) and nftables (egress policies are enforced with it), a virtualenv with the server and its test extras (the official
-# Python SDK among them), the official JS SDK, and, where a Docker engine answers, the local
-# images the docker runtime's tests run.
+# network namespaces) and nftables (egress policies are enforced with it), a virtualenv
+# with the server and its test extras (the official Python SDK among them), the official JS
+# SDK, and, where a Docker engine answers, the local images the docker runtime's tests run.
 set -eu
 cd "$(dirname "$0")/.."
 

@@ -110,6 +110,7 @@ class DockerRuntime(Runtime):
         self.policies = PolicyStore(settings.state_dir or default_state_dir(),
                                     settings.instance)
         self.egress = EgressEnforcer(egress)
+        self._engine_out_of_sight = False
         self._sandboxes: dict[str, DockerSandbox] = {}
         # Egress: the enforcement of each sandbox that has a policy, and the policies of
         # adopted sandboxes whose enforcement could not be started again (fail closed).
@@ -145,6 +146,7 @@ class DockerRuntime(Runtime):
         await self.metadata.load()
         await self.policies.load()
         await asyncio.to_thread(self.egress.problem)
+        self._engine_out_of_sight = await self.engine.call(self.engine.engine_out_of_sight)
         containers = await self.engine.call(
             self.engine.client.containers.list, all=True,
             filters={"label": [labels.ID, f"{labels.INSTANCE}={self.settings.instance}"]})
@@ -338,7 +340,7 @@ class DockerRuntime(Runtime):
         if self.network == "host":
             return ("[docker] network_mode is \"host\": sandboxes share the host's network, "
                     "whose traffic cannot be filtered for one sandbox (use \"bridge\")")
-        if os.path.exists("/.dockerenv"):
+        if self._engine_out_of_sight:
             return ("the server runs in a container of its own (docker compose, say), from "
                     "where it cannot enter its sandboxes' network namespaces; run it on the "
                     "engine's host, as root")
