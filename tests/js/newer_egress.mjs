@@ -39,9 +39,9 @@ try {
     await sandbox.patchEgressRules([{ action: "allow", target: "other.test" },
                                     { action: "deny", target: "allowed.test" }]);
     out.patched = await sandbox.getEgressPolicy();
-    out.afterPatch = await fetchAll(sandbox);
+    out.after_patch = await fetchAll(sandbox);
     await sandbox.deleteEgressRules(["other.test"]);
-    out.afterDelete = await fetchAll(sandbox);
+    out.after_delete = await fetchAll(sandbox);
   } finally {
     await sandbox.kill();
   }
