@@ -37,16 +37,19 @@ rm -rf build  # setuptools would put files deleted from the source into the whee
     "$(sed -n 's/^ *"\(pytest==[^"]*\)",*$/\1/p' pyproject.toml)"
 if command -v npm >/dev/null 2>&1; then
   (cd tests/js && npm install --silent --no-audit --no-fund >/dev/null)
+  # typescript 7 (a native compiler, not the JS API of 5.x) for the typescript context tests.
+  (cd tests/js/typescript7 && npm install --silent --no-audit --no-fund >/dev/null)
 else
   echo "tests/setup.sh: npm is missing; the JS SDK tests will fail" >&2
 fi
 
-# The docker runtime's tests: where an engine answers but the test images are missing, build
-# them (tests/docker/build-images.sh: root, busybox-static and debootstrap). Without an engine
-# those tests skip (or fail, with OPENSANDBOX_REQUIRE_DOCKER=1).
+# The docker runtime's tests: where an engine answers, build the test images that are missing
+# or out of date (tests/docker/build-images.sh: root, busybox-static, debootstrap, npm).
+# Without an engine those tests skip (or fail, with OPENSANDBOX_REQUIRE_DOCKER=1).
+# As root the script always runs: it skips what is built and up to date in a few seconds.
 if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 \
-    && ! docker image inspect opensandbox-test/busybox:1 opensandbox-test/debian:bookworm \
-        >/dev/null 2>&1; then
+    && { [ "$(id -u)" = 0 ] || ! docker image inspect opensandbox-test/busybox:1 \
+           opensandbox-test/debian:bookworm opensandbox-test/code:bookworm >/dev/null 2>&1; }; then
   if [ "$(id -u)" != 0 ]; then
     echo "tests/setup.sh: the Docker test images are missing and building them needs root:" \
          "run 'sudo sh tests/docker/build-images.sh'; the docker tests skip until then" >&2
