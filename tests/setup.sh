@@ -24,6 +24,16 @@ if [ -n "$missing" ]; then
     exit 1
   }
 fi
+# The java and go code contexts run the sandbox's own JDK and Go: on the fake runtime, this
+# host's (Debian's openjdk-17-jdk-headless and golang-go).
+toolchains=""
+command -v jshell >/dev/null 2>&1 || toolchains="openjdk-17-jdk-headless"
+command -v go >/dev/null 2>&1 || toolchains="$toolchains golang-go"
+if [ -n "$toolchains" ]; then
+  # shellcheck disable=SC2086 # one word a package
+  apt_install $toolchains || echo "tests/setup.sh: could not install$toolchains; the java" \
+      "and go context tests will fail on the fake runtime" >&2
+fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 # The newest Python SDK, in a virtualenv of its own (tests/test_newer_sdks.py).
