@@ -13,7 +13,6 @@ On Docker the image's own files are used; these are never installed there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -25,16 +24,7 @@ CODE_INTERPRETER_DIRS = ("/opt/code-interpreter", "/opt/opensandbox")
 CODE_INTERPRETER_FILES = ("code-interpreter.sh", "code-interpreter-env.sh")
 
 
-@dataclass(frozen=True)
-class OfferedFile:
-    """A file every sandbox sees at `path`, read-only, with the bytes of `source`."""
-
-    path: str
-    source: Path
-    executable: bool = True
-
-
-def offered_files() -> list[OfferedFile]:
-    """Every file the fake runtime offers its sandboxes."""
-    return [OfferedFile(f"{directory}/{name}", CODE_INTERPRETER / name)
-            for directory in CODE_INTERPRETER_DIRS for name in CODE_INTERPRETER_FILES]
+def offered_files() -> dict[str, str]:
+    """Every file the fake runtime offers its sandboxes: sandbox path -> this package's file."""
+    return {f"{directory}/{name}": str(CODE_INTERPRETER / name)
+            for directory in CODE_INTERPRETER_DIRS for name in CODE_INTERPRETER_FILES}
