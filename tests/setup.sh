@@ -38,7 +38,8 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 # The newest Python SDK, in a virtualenv of its own (tests/test_newer_sdks.py).
 [ -x .venv-sdk-next/bin/python ] || python3 -m venv .venv-sdk-next
-.venv-sdk-next/bin/python -m pip install -q --disable-pip-version-check 'opensandbox==1.1.1'
+.venv-sdk-next/bin/python -m pip install -q --disable-pip-version-check 'opensandbox==1.1.1' \
+    'opensandbox-code-interpreter==1.1.1'
 # A user's install of the package (not editable) beside the newest SDK, for the sample user
 # suite (tests/test_user_suite.py). pytest's pin is the one in pyproject.toml's test extra.
 [ -x .venv-user/bin/python ] || python3 -m venv .venv-user
@@ -49,6 +50,12 @@ if command -v npm >/dev/null 2>&1; then
   (cd tests/js && npm install --silent --no-audit --no-fund >/dev/null)
   # typescript 7 (a native compiler, not the JS API of 5.x) for the typescript context tests.
   (cd tests/js/typescript7 && npm install --silent --no-audit --no-fund >/dev/null)
+  # ... and installed globally, as the code-interpreter image has it: fake sandboxes run this
+  # host's node, and the code-interpreter SDK tests create theirs exactly as documented.
+  if [ "$(id -u)" = 0 ] && [ ! -e "$(npm prefix -g)/lib/node_modules/typescript" ]; then
+    npm install -g --silent --no-audit --no-fund typescript@7.0.2 >/dev/null \
+        || echo "tests/setup.sh: could not install typescript globally" >&2
+  fi
 else
   echo "tests/setup.sh: npm is missing; the JS SDK tests will fail" >&2
 fi
