@@ -469,6 +469,16 @@ def test_javascript_context(node_base: str) -> None:
     assert results(run(base, "n", context_id, "javascript")) == [{"text": "40"}]
 
 
+def test_typescript_needs_the_typescript_package(docker_server: ServerProcess) -> None:
+    """On Docker, in an image with node but no typescript (fake sandboxes see the host's
+    global one: tests/setup.sh installs it)."""
+    with node_sandbox(docker_server, NODE_PATH="/opensandbox-none") as base:
+        response = httpx.post(f"{base}/code/context", json={"language": "typescript"},
+                              timeout=60)
+        message = expect_error(response, 400, "LANGUAGE_UNAVAILABLE")
+        assert "typescript" in message and "npm" in message and "`node`" not in message
+
+
 # --- lifecycle -----------------------------------------------------------------------------
 
 
