@@ -104,6 +104,7 @@ def test_java_cells_keep_declarations_and_give_values(base: str) -> None:
     assert results(run(base, "LocalDate.of(2024, 2, 29).getDayOfWeek()", context_id,
                        "java")) == [{"text": "THURSDAY"}]
     assert results(run(base, '"a\\tb" + a', context_id, "java")) == [{"text": "a\tb10"}]
+    assert results(run(base, '"é✓ \\u0001"', context_id, "java")) == [{"text": "é✓ \u0001"}]
     # jshell's default imports, and a re-declaration replaces the old one
     assert results(run(base, "List<Integer> xs = new ArrayList<>(List.of(3, 1, 2));\n"
                              "Collections.sort(xs);\nxs", context_id, "java")) == [

@@ -612,24 +612,29 @@ func keep(decls []declaration, added map[string]string) {
 		if len(decl.keys) == 1 && decl.keys[0] == "func main" {
 			continue // a cell's own main runs once
 		}
-		replaced := map[string]bool{}
+		kept = append(without(kept, []declaration{decl}), decl)
+	}
+}
+
+// without: the declarations of `from` that declare none of the names `decls` declare.
+func without(from, decls []declaration) []declaration {
+	replaced := map[string]bool{}
+	for _, decl := range decls {
 		for _, key := range decl.keys {
 			replaced[key] = true
 		}
-		var rest []declaration
-		for _, old := range kept {
-			overlap := false
-			for _, key := range old.keys {
-				if replaced[key] {
-					overlap = true
-				}
-			}
-			if !overlap {
-				rest = append(rest, old)
-			}
-		}
-		kept = append(rest, decl)
 	}
+	var rest []declaration
+	for _, old := range from {
+		overlap := false
+		for _, key := range old.keys {
+			overlap = overlap || replaced[key]
+		}
+		if !overlap {
+			rest = append(rest, old)
+		}
+	}
+	return rest
 }
 
 func sortedKeys(values map[string]string) []string {
@@ -646,25 +651,7 @@ func sortedKeys(values map[string]string) []string {
 // names the cell and line it came from.
 func assemble(decls []declaration, body []chunk, hasMain bool, dropped map[string]bool,
 	added map[string]string) string {
-	replaced := map[string]bool{}
-	for _, decl := range decls {
-		for _, key := range decl.keys {
-			replaced[key] = true
-		}
-	}
-	var all []declaration
-	for _, old := range kept {
-		overlap := false
-		for _, key := range old.keys {
-			if replaced[key] {
-				overlap = true
-			}
-		}
-		if !overlap {
-			all = append(all, old)
-		}
-	}
-	all = append(all, decls...)
+	all := append(without(kept, decls), decls...)
 	used := usedNames(all, body)
 
 	var program strings.Builder
