@@ -64,9 +64,9 @@ case $language in
       exit 1
     fi
     say '{"ev":"starting"}'
-    # The single-file source launcher (JDK >= 11) compiles the driver in memory.
-    exec "$java" -XX:+UseSerialGC -XX:-UsePerfData "$scratch/OpenSandboxJavaDriver.java" \
-        "$token" "$scratch"
+    # The single-file source launcher (JDK >= 11) compiles the driver in memory. No GC or
+    # JIT flags: JAVA_TOOL_OPTIONS may choose those, and two GCs would stop the JVM.
+    exec "$java" -XX:-UsePerfData "$scratch/OpenSandboxJavaDriver.java" "$token" "$scratch"
     ;;
   go)
     # A sandbox without a home still needs a build cache: the scratch directory holds one.
