@@ -33,7 +33,6 @@ from opensandbox_emulator.server.execd.sandbox import ExecdSandbox
 log = logging.getLogger("opensandbox.execd.code")
 
 PART_NAME = "code"
-PROBE_TIMEOUT = 10.0
 
 
 @dataclass
