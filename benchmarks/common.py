@@ -25,13 +25,14 @@ if str(ROOT) not in sys.path:
 from tests.helpers.servers import ServerProcess, launch  # noqa: E402
 
 
-def start_server(workdir: Path) -> ServerProcess:
+def start_server(workdir: Path, **sections: dict[str, object]) -> ServerProcess:
     """A server whose config and state live in `workdir`, logging warnings only (its output
-    is drained, so request logs would only cost time). Stop it with `.stop()`. `workdir` is
-    opened to passers-by (0711), as a state directory normally is: behind a closed one, the
-    fake runtime stages each sandbox's root through a helper, which costs time per create."""
+    is drained, so request logs would only cost time), with `sections` on top. Stop it with
+    `.stop()`. `workdir` is opened to passers-by (0711), as a state directory normally is:
+    behind a closed one, the fake runtime stages each sandbox's root through a helper,
+    which costs time per create."""
     workdir.chmod(0o711)
-    return launch({"server": {"log_level": "WARNING"}}, workdir)
+    return launch({"server": {"log_level": "WARNING"}, **sections}, workdir)
 
 
 # --- timing ------------------------------------------------------------------------------

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
+from opensandbox_emulator.runtimes.egress.policy import EgressPolicy
 from opensandbox_emulator.runtimes.failures import (
     BadEnvironmentName,
+    EgressUnenforceable,
     NulInArgument,
     Unsupported,
     VolumeNotFound,
@@ -75,6 +77,10 @@ class SandboxSpec:
     # The token a secured sandbox's callers send (OpenSandbox-Secure-Access), kept here so
     # that a runtime whose sandboxes outlive the server keeps it too.
     secure_access_token: str | None = None
+    # The egress policy to enforce from the start (None: unrestricted, `networkPolicy`
+    # left out), and the token callers of the egress API send (OPENSANDBOX-EGRESS-AUTH).
+    network_policy: EgressPolicy | None = None
+    egress_token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -361,6 +367,29 @@ class Runtime(ABC):
         open it (`127.0.0.1:<port>`, so applications bound to loopback are reached too).
         The socket is connected and non-blocking; the caller owns it. Raises
         `PortUnreachable` when nothing accepts there, `SandboxMissing`."""
+
+    # --- egress ------------------------------------------------------------------------
+
+    def egress_problem(self) -> str | None:
+        """None when this runtime enforces egress policies, else why it cannot (a create
+        with `networkPolicy` is then refused with that reason)."""
+        return f"the {self.name} runtime does not enforce egress policies"
+
+    def egress_health(self) -> dict[str, Any]:
+        """What `/health` says about egress enforcement."""
+        problem = self.egress_problem()
+        return {"enforced": False, "reason": problem} if problem else {"enforced": True}
+
+    async def egress_policy(self, sandbox_id: str) -> EgressPolicy | None:
+        """The policy the sandbox's egress is under; None for unrestricted (created without
+        one and never given one). Raises `SandboxMissing`."""
+        return None
+
+    async def apply_egress(self, sandbox_id: str, policy: EgressPolicy) -> None:
+        """Enforce `policy` on the sandbox from now on (new connections and DNS queries),
+        starting enforcement if it had none. Raises `EgressUnenforceable`, `EgressFailed`
+        (the previous policy then stays), `SandboxMissing`."""
+        raise EgressUnenforceable(self.egress_problem() or "not supported")
 
     @abstractmethod
     async def usage(self, sandbox_id: str) -> ResourceUsage:

@@ -220,6 +220,21 @@ class PortUnreachable(RuntimeFailure):
         self.reason = reason
 
 
+class EgressUnenforceable(Unsupported):
+    """This server cannot enforce an egress policy on this sandbox; `reason` says why. A
+    sandbox is never left running with a policy it does not enforce."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"networkPolicy cannot be enforced here: {reason}. Create the "
+                         "sandbox without networkPolicy, or see GET /health (egress) for "
+                         "what this server can enforce.")
+        self.reason = reason
+
+
+class EgressFailed(RuntimeFailure):
+    """Installing a sandbox's egress rules, or its DNS forwarder, failed."""
+
+
 class NetworkNotFound(RuntimeFailure):
     def __init__(self, network: str, message: str):
         super().__init__(message)

@@ -20,6 +20,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from opensandbox_emulator import __version__
 from opensandbox_emulator.runtimes import make_runtime
 from opensandbox_emulator.runtimes.base import Runtime
+from opensandbox_emulator.runtimes.egress.enforcement import EgressSettings
+from opensandbox_emulator.runtimes.egress.resolvers import parse_upstreams
 from opensandbox_emulator.server.access.dispatch import Dispatcher
 from opensandbox_emulator.server.access.gateway import Gateway
 from opensandbox_emulator.server.access.proxy import proxy_routes
@@ -69,14 +71,20 @@ def signer_from_config(config: Config) -> RouteSigner:
     return RouteSigner(keys, config.gateway.secure_access_active_key or next(iter(keys)))
 
 
+def egress_from_config(config: Config) -> EgressSettings:
+    return EgressSettings(mode=config.egress.mode,
+                          upstreams=tuple(parse_upstreams(config.egress.dns_upstream)))
+
+
 def runtime_from_config(config: Config) -> Runtime:
+    egress = egress_from_config(config)
     if config.runtime.type == "fake":
         return make_runtime("fake", state_dir=config.fake.state_dir or None,
                             volumes_root=config.fake.volumes_root or None,
                             isolation=config.fake.isolation,
-                            pids_limit=config.fake.pids_limit or None,
+                            pids_limit=config.fake.pids_limit or None, egress=egress,
                             offered_files=offered_files())
-    return make_runtime(config.runtime.type, settings=config.docker)
+    return make_runtime(config.runtime.type, settings=config.docker, egress=egress)
 
 
 class OpenSandboxServer:
@@ -152,7 +160,8 @@ class OpenSandboxServer:
         @app.get("/health", tags=["health"])
         async def health() -> dict[str, Any]:
             return {"status": "healthy", "runtime": self.runtime.name,
-                    **self.runtime.health(), "warnings": self.runtime.warnings,
+                    **self.runtime.health(), "egress": self.runtime.egress_health(),
+                    "warnings": self.runtime.warnings,
                     "finished_command_logs": self.access.hub.finished_logs.report()}
 
         install_options(app)

@@ -57,7 +57,13 @@ class StorageSection:
 
 @dataclass(frozen=True)
 class EgressSection:
-    image: str = ""
+    image: str = ""  # upstream's sidecar image; ours is the server itself
+    # Upstream's key: "dns" filters names only (connections to literal addresses pass, as
+    # upstream's default); "dns+nft" (ours by default) filters addresses too.
+    mode: Literal["dns", "dns+nft"] = "dns+nft"
+    # Ours: the resolvers the DNS forwarder asks ("10.0.0.2, 10.0.0.3:5353"); empty: the
+    # host's (/etc/resolv.conf).
+    dns_upstream: str = ""
 
 
 @dataclass(frozen=True)
@@ -273,6 +279,15 @@ def validate(config: Config) -> None:
                               f"keys ({', '.join(keys)})")
     elif config.gateway.secure_access_active_key:
         raise ConfigError("gateway.secure_access_active_key: set secure_access_keys too")
+    if config.egress.dns_upstream:
+        from opensandbox_emulator.runtimes.egress.resolvers import parse_upstreams
+
+        try:
+            parse_upstreams(config.egress.dns_upstream)
+        except ValueError as error:
+            raise ConfigError(f"egress.dns_upstream: {config.egress.dns_upstream!r} is not a "
+                              f"list of resolver addresses (ip[:port], comma-separated): "
+                              f"{error}") from error
     if config.server.log_level.upper() not in ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"):
         raise ConfigError(f"server.log_level: {config.server.log_level!r} is not a log level")
 

@@ -20,6 +20,8 @@ from typing import Any
 
 from opensandbox_emulator.runtimes.failures import (
     CrossMountMove,
+    EgressFailed,
+    EgressUnenforceable,
     EntrypointNotFound,
     FileBusy,
     FileExists,
@@ -94,6 +96,8 @@ FAILURES: dict[type[RuntimeFailure], Reply] = {
     ResumeFailed: Reply(_refused_or_broken, "DOCKER::SANDBOX_RESUME_FAILED"),
     RemoveFailed: Reply(500, "DOCKER::SANDBOX_DELETE_FAILED"),
     NetworkNotFound: Reply(500, "DOCKER::NETWORK_NOT_FOUND"),
+    EgressUnenforceable: Reply(501, "GENERAL::NOT_IMPLEMENTED"),
+    EgressFailed: Reply(500, "SANDBOX::EGRESS_FAILED"),
     NoNetworkAddress: Reply(503, "DOCKER::NETWORK_MODE_ENDPOINT_UNAVAILABLE"),
     # snapshots
     SnapshotFailed: Reply(500, "SNAPSHOT::CREATE_FAILED"),

@@ -1,9 +1,9 @@
 #!/bin/sh
 # Everything the test suite needs, on a fresh machine: runc and slirp4netns (each fake
-# sandbox is a container with a network of its own) and iproute2 (the outbound test builds
-# a network namespace), a virtualenv with the server and its test extras (the official
-# Python SDK among them), the official JS SDK, and, where a Docker engine answers, the local
-# images the docker runtime's tests run.
+# sandbox is a container with a network of its own), iproute2 (the outbound tests build
+# network namespaces) and nftables (egress policies are enforced with it), a virtualenv
+# with the server and its test extras (the official Python SDK among them), the official JS
+# SDK, and, where a Docker engine answers, the local images the docker runtime's tests run.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -17,6 +17,7 @@ missing=""
 command -v runc >/dev/null 2>&1 || missing="runc"
 command -v slirp4netns >/dev/null 2>&1 || missing="$missing slirp4netns"
 command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
+command -v nft >/dev/null 2>&1 || missing="$missing nftables"
 if [ -n "$missing" ]; then
   # shellcheck disable=SC2086 # one word a package
   apt_install $missing || {

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import time
 import uuid
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,6 +24,7 @@ from tests.helpers.servers import (
     ServerProcess,
     execd_url,
     fake_only,
+    host_processes_mentioning,
     new_sandbox,
     no_leftover_processes,
     wait_for,
@@ -156,24 +155,6 @@ def wait_gone(base: str, pid: int) -> bool:
     lines = output_of(base, ALIVE + f"for i in $(seq 1 200); do alive {pid} || "
                                     "{ echo gone; exit 0; }; sleep 0.05; done; echo alive")
     return lines == ["gone"]
-
-
-def host_processes_mentioning(marker: str) -> list[str]:
-    """Command lines of live processes on this host holding `marker`. A sandbox's processes
-    are processes of this host on both runtimes (the docker engine is local), and a marker
-    in their argv finds them after the sandbox itself is gone."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            state = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        if marker.encode() in cmdline and state[state.rfind(")") + 2] != "Z":
-            found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
-    return found
 
 
 def wait_state(server: ServerProcess, sandbox_id: str, state: str) -> None:

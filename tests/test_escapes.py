@@ -36,6 +36,7 @@ from tests.helpers.frames import split_frames
 from tests.helpers.servers import (
     ServerProcess,
     execd_url,
+    host_processes_mentioning,
     new_sandbox,
     no_leftover_processes,
     wait_for,
@@ -223,24 +224,9 @@ def victim(server: ServerProcess) -> Iterator[tuple[str, str]]:
     inside(base, f"echo {SECRET} > /tmp/secret")
     httpx.post(f"{base}/command", json={"command": f"sleep 1000; : {marker}",
                                         "background": True}, timeout=30)
-    wait_for(lambda: host_pids_mentioning(marker), "the victim's process")
+    wait_for(lambda: list(host_processes_mentioning(marker)), "the victim's process")
     yield sandbox_id, marker
     httpx.delete(f"{server.url}/v1/sandboxes/{sandbox_id}", timeout=60)
-
-
-def host_pids_mentioning(marker: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            state = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        if marker.encode() in cmdline and state[state.rfind(")") + 2] != "Z":
-            found.append(int(entry))
-    return found
 
 
 def test_another_sandboxs_files_are_out_of_reach(server: ServerProcess, attacker: str,
@@ -262,7 +248,7 @@ def test_another_sandboxs_files_are_out_of_reach(server: ServerProcess, attacker
 def test_ptrace_of_another_sandboxs_process_fails(server: ServerProcess, attacker: str,
                                                   victim: tuple[str, str]) -> None:
     _, marker = victim
-    (host_pid,) = host_pids_mentioning(marker)[:1]
+    (host_pid,) = list(host_processes_mentioning(marker))[:1]
     output, _ = inside(attacker, python(
         "import ctypes, errno\n"
         f"result = ctypes.CDLL(None, use_errno=True).ptrace(16, {host_pid}, 0, 0)\n"
@@ -378,11 +364,11 @@ def test_daemons_do_not_survive_the_sandboxs_deletion(server: ServerProcess) -> 
     marker = f"daemon-{uuid.uuid4().hex[:8]}"
     output, code = inside(base, start_daemons(marker, server))
     assert code == 0, output
-    running = wait_for(lambda: len(host_pids_mentioning(marker)) >= 4 and
-                       host_pids_mentioning(marker), "the daemons")
+    running = wait_for(lambda: len(list(host_processes_mentioning(marker))) >= 4 and
+                       list(host_processes_mentioning(marker)), "the daemons")
     assert httpx.delete(f"{server.url}/v1/sandboxes/{sandbox_id}", timeout=60).status_code \
         == 204
-    wait_for(lambda: not host_pids_mentioning(marker), f"the daemons {running} to end")
+    wait_for(lambda: not list(host_processes_mentioning(marker)), f"the daemons {running} to end")
 
 
 def test_daemons_do_not_survive_the_server(server: ServerProcess, start_server: Any) -> None:
@@ -394,9 +380,9 @@ def test_daemons_do_not_survive_the_server(server: ServerProcess, start_server: 
     for _ in range(2):
         base = execd_url(own, new_sandbox(own))
         inside(base, start_daemons(marker, own))
-    wait_for(lambda: len(host_pids_mentioning(marker)) >= 8, "the daemons")
+    wait_for(lambda: len(list(host_processes_mentioning(marker))) >= 8, "the daemons")
     own.stop()
-    wait_for(lambda: not host_pids_mentioning(marker), "the daemons to end")
+    wait_for(lambda: not list(host_processes_mentioning(marker)), "the daemons to end")
     assert no_leftover_processes(own.state_dir) == []
 
 
@@ -409,10 +395,10 @@ def test_daemons_do_not_survive_a_server_crash(server: ServerProcess,
     marker = f"daemon-{uuid.uuid4().hex[:8]}"
     base = execd_url(own, new_sandbox(own))
     inside(base, start_daemons(marker, own))
-    wait_for(lambda: len(host_pids_mentioning(marker)) >= 4, "the daemons")
+    wait_for(lambda: len(list(host_processes_mentioning(marker))) >= 4, "the daemons")
     own.process.kill()
     own.process.wait()
-    wait_for(lambda: not host_pids_mentioning(marker), "the daemons to end")
+    wait_for(lambda: not list(host_processes_mentioning(marker)), "the daemons to end")
     # What runc kept of the crashed server's sandboxes goes when a server starts next.
     crashed = f"{own.process.pid}:"
     assert any(owner.startswith(crashed) for owner in runc_owners())

@@ -105,7 +105,7 @@ def test_tmp_is_private_to_each_sandbox(server: ServerProcess, create: Callable[
         assert (root / "tmp" / "x").read_text().strip() == mine
     # Neither wrote to the host's /tmp.
     host_x = Path("/tmp/x")
-    assert not host_x.exists() or host_x.read_text().strip() not in ("A", "B")
+    assert not host_x.is_file() or host_x.read_text().strip() not in ("A", "B")
 
 
 def test_system_directories_are_read_only_and_env_comes_from_the_request(

@@ -3,19 +3,14 @@
 Two sandboxes listen on the same port at once, and every way of reaching a port (the
 gateway by URI and by header, the server proxy, the endpoints the API hands out) reaches
 each one's own. Outbound traffic reaches a host outside: a network namespace this test
-builds (a veth pair and an HTTP server inside), which stands for the world.
+builds (the tests' "internet"), which stands for the world.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import shlex
-import shutil
-import subprocess
-import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +20,7 @@ import pytest
 from tests.helpers.app_sandboxes import host_volume, wait_until_served
 from tests.helpers.frames import split_frames
 from tests.helpers.servers import ServerProcess, create_body, execd_url, new_sandbox
+from tests.helpers.test_internet import InternetUnavailable, TestInternet
 
 PORT = 8000
 
@@ -108,57 +104,16 @@ def test_ports_are_per_sandbox_in_header_mode_too(start_server: object,
 # --- outbound --------------------------------------------------------------------------------
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def outside_host() -> Iterator[tuple[str, str]]:
-    """(URL, token): an HTTP server in a network namespace of its own, reached from this
-    host over a veth pair, serving a file that holds `token`."""
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("building a network namespace needs root and iproute2")
-    tag = uuid.uuid4().hex[:6]
-    namespace, here, there = f"osb-out-{tag}", f"osbh{tag}", f"osbn{tag}"
-    subnet = f"10.{random.randint(200, 250)}.{random.randint(0, 255)}"
-    token = uuid.uuid4().hex
-    site = Path(tempfile.mkdtemp(prefix="outside-"))
-    (site / "token.txt").write_text(token)
-    os.chmod(site, 0o755)
-    _ip("netns", "add", namespace)
-    process = None
+    """(URL, what it answers): an HTTP server of the tests' "internet", a network namespace
+    reached from this host over a veth pair (`tests/helpers/test_internet.py`)."""
     try:
-        _ip("link", "add", here, "type", "veth", "peer", "name", there)
-        _ip("link", "set", there, "netns", namespace)
-        _ip("addr", "add", f"{subnet}.1/24", "dev", here)
-        _ip("link", "set", here, "up")
-        _ip("-n", namespace, "addr", "add", f"{subnet}.2/24", "dev", there)
-        _ip("-n", namespace, "link", "set", there, "up")
-        _ip("-n", namespace, "link", "set", "lo", "up")
-        _ip("-n", namespace, "route", "add", "default", "via", f"{subnet}.1")
-        process = subprocess.Popen(["ip", "netns", "exec", namespace, "python3", "-m",
-                                    "http.server", "8099", "--bind", f"{subnet}.2",
-                                    "--directory", str(site)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"http://{subnet}.2:8099/token.txt"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(url, timeout=2).text == token:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("the outside host never answered from this host")
-            time.sleep(0.1)
-        yield url, token
-    finally:
-        if process is not None:
-            process.kill()
-            process.wait()
-        subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
-        subprocess.run(["ip", "link", "del", here], capture_output=True)
-        shutil.rmtree(site, ignore_errors=True)
+        internet = TestInternet().start()
+    except InternetUnavailable as error:
+        pytest.skip(str(error))
+    yield internet.url(internet.address("alpha")), "alpha"
+    internet.stop()
 
 
 def test_outbound_reaches_a_host_outside(server: ServerProcess,

@@ -13,6 +13,7 @@ from docker.utils import parse_repository_tag
 
 from opensandbox_emulator.runtimes.base import DEFAULT_ENV_FILE, SandboxSpec
 from opensandbox_emulator.runtimes.docker import labels, tarstream
+from opensandbox_emulator.runtimes.docker.egress import gated
 from opensandbox_emulator.runtimes.docker.engine import Engine, explain, refused_as_invalid
 from opensandbox_emulator.runtimes.docker.settings import DockerSettings
 from opensandbox_emulator.runtimes.failures import (
@@ -87,6 +88,10 @@ def container_options(spec: SandboxSpec, settings: DockerSettings, limits: Limit
         "init": settings.init,
         "detach": True,
     }
+    if spec.network_policy is not None:
+        # Held at a gate until its egress rules are in place (see egress.py).
+        options["entrypoint"] = gated(spec.entrypoint)
+        options["stdin_open"] = True
     if spec.platform is not None:
         options["platform"] = platform_of(spec)
     network = settings.network_mode or "bridge"

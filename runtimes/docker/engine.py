@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import ssl
 import struct
 import threading
@@ -209,6 +210,25 @@ class Engine:
         if self._client is not None:
             client, self._client = self._client, None
             await self.call(client.close)
+
+    def engine_out_of_sight(self) -> bool:
+        """Whether the engine runs in a PID namespace this server cannot see into (the
+        server in a container of its own, with the engine's socket mounted): the peer
+        credentials of its unix socket then carry pid 0. An engine reached over TCP cannot
+        be judged from here and counts as in sight."""
+        adapter = getattr(self.api, "_custom_adapter", None)
+        socket_path = getattr(adapter, "socket_path", None)
+        if not socket_path:
+            return False
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.settimeout(5)
+                probe.connect(socket_path)
+                credentials = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                               struct.calcsize("3i"))
+        except OSError:
+            return False
+        return struct.unpack("3i", credentials)[0] <= 0
 
     async def open_archive(self, container: str, path: str) -> Any:
         """`GET /containers/{container}/archive?path=…` as a streamed `requests` response,

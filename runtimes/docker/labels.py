@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from opensandbox_emulator.runtimes.base import SandboxSpec
+from opensandbox_emulator.runtimes.egress.policy import EgressPolicy, PolicyError
 
 PREFIX = "opensandbox.io/"
 ID = PREFIX + "id"
@@ -31,6 +32,8 @@ EXTENSIONS = PREFIX + "extensions"
 SECURE_ACCESS_TOKEN = PREFIX + "secure-access-token"
 PLATFORM_OS = PREFIX + "platform-os"
 PLATFORM_ARCH = PREFIX + "platform-arch"
+EGRESS_POLICY = PREFIX + "egress-policy"  # the networkPolicy it was created with (JSON)
+EGRESS_TOKEN = PREFIX + "egress-auth-token"  # upstream's label for the egress API's token
 
 
 def container_name(sandbox_id: str) -> str:
@@ -57,6 +60,9 @@ def make_labels(spec: SandboxSpec, instance: str) -> dict[str, str]:
     labels[PLATFORM_OS], labels[PLATFORM_ARCH] = spec.platform or ("", "")
     labels[EXTENSIONS] = json.dumps(dict(spec.extensions)) if spec.extensions else ""
     labels[SECURE_ACCESS_TOKEN] = spec.secure_access_token or ""
+    labels[EGRESS_POLICY] = (json.dumps(spec.network_policy.document(), separators=(",", ":"))
+                             if spec.network_policy is not None else "")
+    labels[EGRESS_TOKEN] = spec.egress_token or ""
     return labels
 
 
@@ -102,9 +108,17 @@ def spec_from_container(attrs: Mapping[str, Any],
         extensions = {str(k): str(v) for k, v in json.loads(labels.get(EXTENSIONS) or "{}").items()}
     except (ValueError, AttributeError):
         extensions = {}
+    network_policy = None
+    if labels.get(EGRESS_POLICY):
+        try:
+            network_policy = EgressPolicy.from_document(json.loads(labels[EGRESS_POLICY]))
+        except (ValueError, PolicyError):
+            network_policy = EgressPolicy.from_document(None)  # unreadable: the strictest
     return SandboxSpec(sandbox_id=labels[ID], image=labels.get(IMAGE) or config.get("Image", ""),
                        entrypoint=entrypoint, env=env, metadata=metadata, created_at=created,
                        expires_at=expires, snapshot_id=labels.get(SNAPSHOT_ID) or None,
                        platform=platform if all(platform) else None, owned_volumes=owned,
                        extensions=extensions,
-                       secure_access_token=labels.get(SECURE_ACCESS_TOKEN) or None)
+                       secure_access_token=labels.get(SECURE_ACCESS_TOKEN) or None,
+                       network_policy=network_policy,
+                       egress_token=labels.get(EGRESS_TOKEN) or None)

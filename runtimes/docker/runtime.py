@@ -20,6 +20,7 @@ speaks the engine's HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -52,6 +53,7 @@ from opensandbox_emulator.runtimes.docker.containers import (
     creation_failure,
     ensure_image,
 )
+from opensandbox_emulator.runtimes.docker.egress import PolicyStore, namespace_path, open_gate
 from opensandbox_emulator.runtimes.docker.engine import Engine, explain, wrong_state
 from opensandbox_emulator.runtimes.docker.execs import send_pending_signals, spawn_process
 from opensandbox_emulator.runtimes.docker.expiry import (
@@ -72,11 +74,19 @@ from opensandbox_emulator.runtimes.docker.volumes import (
     sub_path_source,
     to_mount,
 )
+from opensandbox_emulator.runtimes.egress.enforcement import (
+    EgressEnforcer,
+    EgressSettings,
+    SandboxEgress,
+)
+from opensandbox_emulator.runtimes.egress.policy import EgressPolicy
 from opensandbox_emulator.runtimes.failures import (
+    EgressUnenforceable,
     NetworkNotFound,
     PauseFailed,
     RemoveFailed,
     ResumeFailed,
+    RuntimeFailure,
     SandboxMissing,
     StartFailed,
 )
@@ -88,7 +98,8 @@ log = logging.getLogger("opensandbox.runtime.docker")
 class DockerRuntime(Runtime):
     name = "docker"
 
-    def __init__(self, *, settings: DockerSettings | None = None, engine: Engine | None = None):
+    def __init__(self, *, settings: DockerSettings | None = None, engine: Engine | None = None,
+                 egress: EgressSettings | None = None):
         settings = settings or DockerSettings()
         self.settings = settings
         self.network = settings.network_mode or "bridge"
@@ -96,7 +107,15 @@ class DockerRuntime(Runtime):
         self.expiry = ExpiryStore(settings.state_dir or default_state_dir(), settings.instance)
         self.metadata = MetadataStore(settings.state_dir or default_state_dir(),
                                       settings.instance)
+        self.policies = PolicyStore(settings.state_dir or default_state_dir(),
+                                    settings.instance)
+        self.egress = EgressEnforcer(egress)
+        self._engine_out_of_sight = False
         self._sandboxes: dict[str, DockerSandbox] = {}
+        # Egress: the enforcement of each sandbox that has a policy, and the policies of
+        # adopted sandboxes whose enforcement could not be started again (fail closed).
+        self._egress: dict[str, SandboxEgress] = {}
+        self._unenforced: dict[str, EgressPolicy] = {}
         self._host_cpus = float(os.cpu_count() or 1)
 
     @property
@@ -125,6 +144,9 @@ class DockerRuntime(Runtime):
                 ) from error
         await self.expiry.load()
         await self.metadata.load()
+        await self.policies.load()
+        await asyncio.to_thread(self.egress.problem)
+        self._engine_out_of_sight = await self.engine.call(self.engine.engine_out_of_sight)
         containers = await self.engine.call(
             self.engine.client.containers.list, all=True,
             filters={"label": [labels.ID, f"{labels.INSTANCE}={self.settings.instance}"]})
@@ -138,10 +160,15 @@ class DockerRuntime(Runtime):
             patched = self.metadata.get(sandbox_id)
             if patched is not None:
                 spec = replace(spec, metadata=patched)
+            policy = self.policies.get(sandbox_id) or spec.network_policy
+            spec = replace(spec, network_policy=policy)
             specs.append(spec)
             self._track(sandbox_id, container.attrs)
+            if policy is not None:
+                await self._enforce_adopted(sandbox_id, policy)
         await self.expiry.forget(keep_only=set(self._sandboxes))
         await self.metadata.forget(keep_only=set(self._sandboxes))
+        await self.policies.forget(keep_only=set(self._sandboxes))
         if specs:
             log.info("adopted %d sandbox container(s) of instance %r", len(specs),
                      self.settings.instance)
@@ -152,6 +179,7 @@ class DockerRuntime(Runtime):
         containers stay (restart safety); so do the commands running in them."""
         for sandbox_id in list(self._sandboxes):
             await self._forget(sandbox_id)
+        self.egress.close()
         await self.engine.close()
 
     # --- the sandboxes this runtime holds ------------------------------------------------
@@ -166,6 +194,12 @@ class DockerRuntime(Runtime):
         sandbox = self._sandboxes.pop(sandbox_id, None)
         if sandbox is not None:
             await sandbox.close()
+        # The rules stay in the container's namespace: it keeps refusing what its policy
+        # refuses while no server holds it.
+        egress = self._egress.pop(sandbox_id, None)
+        if egress is not None:
+            await egress.close()
+        self._unenforced.pop(sandbox_id, None)
 
     def _sandbox(self, sandbox_id: str) -> DockerSandbox:
         sandbox = self._sandboxes.get(sandbox_id)
@@ -189,6 +223,8 @@ class DockerRuntime(Runtime):
 
     async def create(self, spec: SandboxSpec) -> None:
         check_process_inputs(spec.entrypoint, spec.env)
+        if spec.network_policy is not None and self.egress_problem() is not None:
+            raise EgressUnenforceable(self.egress_problem() or "")
         if spec.snapshot_id is not None:
             spec = replace(spec, image=await snapshots.require(self.engine, spec.snapshot_id))
         limits = parse_limits(spec.resource_limits)
@@ -208,10 +244,15 @@ class DockerRuntime(Runtime):
         try:
             await create_env_file(self.engine, container.id, self.env_file(spec.sandbox_id))
             await self.engine.call(container.start)
-        except APIError as error:
+            if spec.network_policy is not None:
+                await self._enforce(spec.sandbox_id, spec.network_policy)
+                await open_gate(self.engine, container.id)
+        except (APIError, RuntimeFailure) as error:
             with contextlib.suppress(APIError):
                 await self.engine.call(container.remove, force=True)
             await self._forget(spec.sandbox_id)
+            if isinstance(error, RuntimeFailure):
+                raise
             raise StartFailed(f"Failed to create or start container: {explain(error)}") \
                 from error
 
@@ -270,6 +311,7 @@ class DockerRuntime(Runtime):
         await self._forget(sandbox_id)
         await self.expiry.forget({sandbox_id})
         await self.metadata.forget({sandbox_id})
+        await self.policies.forget({sandbox_id})
 
     async def set_expiry(self, sandbox_id: str, expires_at: datetime | None) -> None:
         await self.expiry.set(sandbox_id, expires_at)
@@ -291,6 +333,65 @@ class DockerRuntime(Runtime):
 
     async def delete_snapshot(self, snapshot_id: str) -> None:
         await snapshots.remove(self.engine, snapshot_id)
+
+    # --- egress ------------------------------------------------------------------------------
+
+    def egress_problem(self) -> str | None:
+        if self.network == "host":
+            return ("[docker] network_mode is \"host\": sandboxes share the host's network, "
+                    "whose traffic cannot be filtered for one sandbox (use \"bridge\")")
+        if self._engine_out_of_sight:
+            return ("the server runs in a container of its own (docker compose, say), from "
+                    "where it cannot enter its sandboxes' network namespaces; run it on the "
+                    "engine's host, as root")
+        return self.egress.problem()
+
+    def egress_health(self) -> dict[str, Any]:
+        return self.egress.health(self.egress_problem(), how=(
+            "nftables rules in the container's network namespace and a DNS forwarder, both "
+            "held by the server (no sidecar, no NET_ADMIN)"))
+
+    async def egress_policy(self, sandbox_id: str) -> EgressPolicy | None:
+        self._sandbox(sandbox_id)
+        egress = self._egress.get(sandbox_id)
+        return egress.policy if egress is not None else self._unenforced.get(sandbox_id)
+
+    async def apply_egress(self, sandbox_id: str, policy: EgressPolicy) -> None:
+        self._sandbox(sandbox_id)
+        egress = self._egress.get(sandbox_id)
+        if egress is not None:
+            await egress.apply(policy)
+        else:
+            problem = self.egress_problem()
+            if problem is not None:
+                raise EgressUnenforceable(problem)
+            await self._enforce(sandbox_id, policy)
+        await self.policies.set(sandbox_id, policy)
+
+    async def _enforce(self, sandbox_id: str, policy: EgressPolicy) -> None:
+        """Start enforcing `policy` in the (running) container's network namespace."""
+        attrs = await inspect_container(self.engine, sandbox_id)
+        egress = await self.egress.attach(namespace_path(attrs), policy)
+        if sandbox_id not in self._sandboxes:  # deleted meanwhile
+            await egress.close()
+            raise SandboxMissing(sandbox_id)
+        self._egress[sandbox_id] = egress
+        self._unenforced.pop(sandbox_id, None)
+
+    async def _enforce_adopted(self, sandbox_id: str, policy: EgressPolicy) -> None:
+        """Put an adopted sandbox's policy back in force. Where that fails its rules still
+        refuse what they refused (they outlived the server); only its names do not resolve
+        until a policy change succeeds."""
+        try:
+            if self.egress_problem() is not None:
+                raise EgressUnenforceable(self.egress_problem() or "")
+            if (await self.inspect(sandbox_id)).phase in (Phase.RUNNING, Phase.PAUSED):
+                await self._enforce(sandbox_id, policy)
+                return
+        except RuntimeFailure as error:
+            log.error("sandbox %s: its egress policy is not enforced again after the "
+                      "restart: %s", sandbox_id, error.message)
+        self._unenforced[sandbox_id] = policy
 
     # --- processes ---------------------------------------------------------------------------
 

@@ -18,44 +18,6 @@ import os
 import time
 from dataclasses import dataclass, field
 
-
-def _mount_points() -> dict[str, str]:
-    """controller (or "unified") -> mount point, from this process's mount table."""
-    found: dict[str, str] = {}
-    try:
-        with open("/proc/self/mountinfo") as handle:
-            lines = handle.read().splitlines()
-    except OSError:
-        return found
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields, tail = left.split(), right.split()
-        if len(fields) < 5 or len(tail) < 3:
-            continue
-        point, kind, options = fields[4], tail[0], tail[2].split(",")
-        if kind == "cgroup2":
-            found.setdefault("unified", point)
-        elif kind == "cgroup":
-            for option in options:
-                if option in ("memory", "cpu", "cpuacct", "pids", "freezer") \
-                        or option.startswith("name="):
-                    found.setdefault(option, point)
-    return found
-
-
-def layout() -> str:
-    """"v2", "v1" (with or without a unified tree beside it) or "none"."""
-    points = _mount_points()
-    if "memory" in points or "pids" in points:
-        return "v1"
-    unified = points.get("unified")
-    if unified and os.path.exists(os.path.join(unified, "cgroup.controllers")):
-        with open(os.path.join(unified, "cgroup.controllers")) as handle:
-            if handle.read().split():
-                return "v2"
-    return "none"
-
-
 V1_CONTROLLERS = {"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls",
                   "net_prio", "blkio", "perf_event", "hugetlb", "pids", "rdma", "misc"}
 
@@ -81,6 +43,30 @@ def _hierarchies() -> dict[frozenset[str], str]:
                                 if o in V1_CONTROLLERS or o.startswith("name="))
             found.setdefault(options, fields[4])
     return found
+
+
+def _mount_points() -> dict[str, str]:
+    """controller (or `name=` option, or "unified") -> mount point."""
+    found: dict[str, str] = {}
+    for controllers, point in _hierarchies().items():
+        if not controllers:
+            found.setdefault("unified", point)
+        for controller in controllers:
+            found.setdefault(controller, point)
+    return found
+
+
+def layout() -> str:
+    """"v2", "v1" (with or without a unified tree beside it) or "none"."""
+    points = _mount_points()
+    if "memory" in points or "pids" in points:
+        return "v1"
+    unified = points.get("unified")
+    if unified and os.path.exists(os.path.join(unified, "cgroup.controllers")):
+        with open(os.path.join(unified, "cgroup.controllers")) as handle:
+            if handle.read().split():
+                return "v2"
+    return "none"
 
 
 def directories(pid: int) -> list[str]:

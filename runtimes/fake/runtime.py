@@ -44,7 +44,14 @@ from opensandbox_emulator.runtimes.base import (
     StoredSnapshot,
     check_process_inputs,
 )
+from opensandbox_emulator.runtimes.egress.enforcement import (
+    EgressEnforcer,
+    EgressSettings,
+    SandboxEgress,
+)
+from opensandbox_emulator.runtimes.egress.policy import EgressPolicy
 from opensandbox_emulator.runtimes.failures import (
+    EgressUnenforceable,
     EntrypointNotFound,
     ExecutableNotFound,
     InvalidArgument,
@@ -111,6 +118,7 @@ class FakeSandbox:
     watcher: asyncio.Task[None] | None = None
     cpu_sample: tuple[float, float] | None = None  # (wall seconds, cpu seconds)
     output: OutputTail = field(default_factory=lambda: OutputTail(ENTRYPOINT_OUTPUT_BYTES))
+    egress: SandboxEgress | None = None  # its egress policy's enforcement, if it has one
 
 
 class FakeRuntime(Runtime):
@@ -118,6 +126,7 @@ class FakeRuntime(Runtime):
 
     def __init__(self, *, state_dir: str | None = None, volumes_root: str | None = None,
                  isolation: str = "auto", pids_limit: int | None = DEFAULT_PIDS_LIMIT,
+                 egress: EgressSettings | None = None,
                  offered_files: Mapping[str, str] | None = None):
         """`offered_files`: sandbox path -> host file, files every sandbox sees read-only
         (see `offered.py`)."""
@@ -132,6 +141,7 @@ class FakeRuntime(Runtime):
         self.snapshots = SnapshotStore(self.state_dir)
         self._offered_sources = dict(offered_files or {})
         self._offered = OfferedFiles()
+        self.egress = EgressEnforcer(egress)
 
     # --- start-up and shutdown -------------------------------------------------------------
 
@@ -157,6 +167,7 @@ class FakeRuntime(Runtime):
                                                 self._offered_sources)
         self._plan = await plan(self._isolation_wanted, self.state_dir,
                                 pids_limit=self._pids_limit)
+        await asyncio.to_thread(self.egress.problem)  # tried once, now, not at a create
         return []
 
     @property
@@ -171,6 +182,7 @@ class FakeRuntime(Runtime):
         await self._teardown(sandboxes)
         if self._plan is not None:
             await self._plan.launcher.close()
+        self.egress.close()
         if self._own_state_dir:
             await asyncio.to_thread(shutil.rmtree, self.state_dir, True)
 
@@ -228,6 +240,8 @@ class FakeRuntime(Runtime):
             raise VolumesUnsupported("Volumes need isolation, which this server does not have "
                                      "(see GET /health); drop the volumes or give the server "
                                      "runc.")
+        if spec.network_policy is not None and self.egress_problem() is not None:
+            raise EgressUnenforceable(self.egress_problem() or "")
         hostname = _hostname(spec.sandbox_id)
         try:
             box = await self._launcher.launch(LaunchRequest(
@@ -239,20 +253,25 @@ class FakeRuntime(Runtime):
         except LaunchFailed as error:
             await asyncio.to_thread(shutil.rmtree, directory, True)
             raise StartFailed(f"Failed to start the sandbox: {error}") from error
-        if spec.snapshot_id is not None:
-            try:
+        egress = None
+        try:
+            if spec.snapshot_id is not None:
                 await self._restore(spec.snapshot_id, box)
-            except BaseException:
-                await self._launcher.end([box])
-                await asyncio.to_thread(shutil.rmtree, directory, True)
-                raise
+            if spec.network_policy is not None:
+                # Before the entrypoint: nothing of the sandbox runs unenforced.
+                egress = await self.egress.attach(box.network_namespace or "",
+                                                  spec.network_policy)
+        except BaseException:
+            await self._launcher.end([box])
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+            raise
         env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LANG": "C.UTF-8", "HOSTNAME": hostname}
         env.update(spec.env)
         env.setdefault("EXECD_ENVS", DEFAULT_ENV_FILE if box.pid_namespace else
                        os.path.join(directory, "opensandbox.env"))
         await asyncio.to_thread(_touch, box, env["EXECD_ENVS"])
         sandbox = FakeSandbox(spec=spec, directory=directory, box=box, env=env,
-                              resources=resources)
+                              resources=resources, egress=egress)
         self._sandboxes[spec.sandbox_id] = sandbox
         try:
             sandbox.main = await self._start(sandbox, SpawnRequest(argv=list(spec.entrypoint)))
@@ -385,6 +404,9 @@ class FakeRuntime(Runtime):
         """Kill every process of `sandboxes` (frozen ones too) and remove their roots."""
         if not sandboxes:
             return
+        for sandbox in sandboxes:
+            if sandbox.egress is not None:
+                await sandbox.egress.close()
         await self._launcher.end([s.box for s in sandboxes])
         watchers = [s.watcher for s in sandboxes if s.watcher is not None]
         if watchers:
@@ -456,6 +478,38 @@ class FakeRuntime(Runtime):
         """The sandbox's network namespace, for rules the server applies from outside
         (None when it has none: no isolation)."""
         return self._get(sandbox_id).box.network_namespace
+
+    # --- egress ------------------------------------------------------------------------------
+
+    def egress_problem(self) -> str | None:
+        if self._plan is not None and "network" not in self._plan.isolation.get(
+                "namespaces", []):
+            return ("this server's sandboxes have no network namespace of their own "
+                    "(see isolation in GET /health), so there is nowhere to put the rules")
+        return self.egress.problem()
+
+    def egress_health(self) -> dict[str, Any]:
+        return self.egress.health(self.egress_problem(), how=(
+            "nftables rules in the sandbox's network namespace and a DNS forwarder, both "
+            "held by the server"))
+
+    async def egress_policy(self, sandbox_id: str) -> EgressPolicy | None:
+        egress = self._get(sandbox_id).egress
+        return egress.policy if egress is not None else None
+
+    async def apply_egress(self, sandbox_id: str, policy: EgressPolicy) -> None:
+        sandbox = self._get(sandbox_id)
+        if sandbox.egress is not None:
+            await sandbox.egress.apply(policy)
+            return
+        problem = self.egress_problem()
+        if problem is not None:
+            raise EgressUnenforceable(problem)
+        egress = await self.egress.attach(sandbox.box.network_namespace or "", policy)
+        if self._sandboxes.get(sandbox_id) is not sandbox:  # deleted meanwhile
+            await egress.close()
+            raise SandboxMissing(sandbox_id)
+        sandbox.egress = egress
 
     async def connect(self, sandbox_id: str, port: int) -> socket.socket:
         sandbox = self._get(sandbox_id)

@@ -1,10 +1,11 @@
 """The one dispatch layer: `(sandbox, port, request)` to wherever that port lives.
 
 Both the gateway listener and the server proxy route end here. Port 44772 is the sandbox's
-execd, served in-process by the embedded execd app; any other port is forwarded over a
-connection the runtime opens to it (`Runtime.connect`). Every refusal has the
-`{"code","message"}` body: an unknown sandbox is 404, a paused one 503, a port where nothing
-listens 502.
+execd, served in-process by the embedded execd app; port 18080 is its egress API, served
+in-process too (upstream's egress sidecar); any other port is forwarded over a connection
+the runtime opens to it (`Runtime.connect`). Every refusal has the `{"code","message"}`
+body: an unknown sandbox is 404, a paused one 503 (except for the egress API, which a
+paused sandbox's sidecar still answers upstream), a port where nothing listens 502.
 
 Access is checked here as upstream's ingress gateway checks it: a signed route must verify
 and not be expired; a secured sandbox (`secureAccess`) needs its `OpenSandbox-Secure-Access`
@@ -22,6 +23,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from opensandbox_emulator.runtimes.failures import RuntimeFailure, SandboxMissing
 from opensandbox_emulator.server.access.forward import HttpForwarder, forward_websocket
 from opensandbox_emulator.server.access.signing import RouteSigner, SignedRoute
+from opensandbox_emulator.server.egress.app import create_egress_app
+from opensandbox_emulator.server.egress.sandbox import SCOPE_KEY as EGRESS_SCOPE_KEY
+from opensandbox_emulator.server.egress.sandbox import EgressHub
 from opensandbox_emulator.server.errors import (
     LIFECYCLE_API,
     ApiError,
@@ -39,6 +43,7 @@ from opensandbox_emulator.server.shutdown import SCOPE_KEY as SHUTDOWN_KEY
 from opensandbox_emulator.server.unexpected import REQUEST_ID_KEY
 
 EXECD_PORT = 44772
+EGRESS_PORT = 18080
 TOKEN_HEADER = "x-execd-access-token"
 SECURE_ACCESS_HEADER = "opensandbox-secure-access"
 ASGI_CONNECTION_KEYS = {"type", "asgi", "http_version", "method", "scheme", "server", "client",
@@ -48,10 +53,13 @@ ASGI_CONNECTION_KEYS = {"type", "asgi", "http_version", "method", "scheme", "ser
 
 class Dispatcher:
     def __init__(self, service: SandboxService, hub: ExecdHub, execd_app: ASGIApp,
-                 signer: RouteSigner | None = None):
+                 signer: RouteSigner | None = None, *, egress_hub: EgressHub | None = None,
+                 egress_app: ASGIApp | None = None):
         self.service = service
         self.hub = hub
         self.execd_app = execd_app
+        self.egress_hub = egress_hub or EgressHub(service.runtime, service.config.egress.mode)
+        self.egress_app = egress_app or create_egress_app()
         self.signer = signer or RouteSigner.generated()
         self.http = HttpForwarder(service.runtime.connect)
 
@@ -61,6 +69,7 @@ class Dispatcher:
     async def forget(self, sandbox_id: str) -> None:
         """The sandbox is going: drop its route name (its pooled connections die with it)."""
         self.http.forget(sandbox_id)
+        await self.egress_hub.remove(sandbox_id)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, *, sandbox_id: str,
                        port: int, path: str, signed: SignedRoute | None = None) -> None:
@@ -73,6 +82,8 @@ class Dispatcher:
             await self.service.accessed(sandbox_id)
             if port == EXECD_PORT:
                 await self._to_execd(scope, receive, send, sandbox_id, path)
+            elif port == EGRESS_PORT:
+                await self._to_egress(scope, receive, send, sandbox_id, path)
             else:
                 await self._to_port(scope, receive, send, sandbox_id, port, path)
         except ApiError as error:
@@ -86,6 +97,8 @@ class Dispatcher:
         if not self.service.exists(sandbox_id):
             raise SandboxMissing(sandbox_id)
         state = await self.service.state(sandbox_id)
+        if port == EGRESS_PORT and state.state in ("Paused", "Pausing"):
+            return
         if state.state in ("Paused", "Pausing"):
             raise SandboxPaused(sandbox_id)
         if state.state != "Running":
@@ -127,14 +140,19 @@ class Dispatcher:
 
     async def _to_execd(self, scope: Scope, receive: Receive, send: Send, sandbox_id: str,
                         path: str) -> None:
-        # Only the connection's own keys: through the proxy route the scope also carries the
-        # lifecycle app's router, route and path parameters, which are not execd's.
-        child = {key: value for key, value in scope.items() if key in ASGI_CONNECTION_KEYS}
-        child["path"] = unquote(path or "/")
-        child["raw_path"] = (path or "/").encode("latin-1")
-        child["root_path"] = ""
+        child = _in_process_scope(scope, path)
         child[SCOPE_KEY] = self.hub.get(sandbox_id)
         await self.execd_app(child, receive, send)
+
+    async def _to_egress(self, scope: Scope, receive: Receive, send: Send, sandbox_id: str,
+                         path: str) -> None:
+        if scope["type"] != "http":
+            raise ApiError("The egress API (port 18080) takes no WebSocket.",
+                           code="GENERAL::NOT_FOUND", status_code=404)
+        child = _in_process_scope(scope, path)
+        child[EGRESS_SCOPE_KEY] = self.egress_hub.get(
+            sandbox_id, self.service.egress_token(sandbox_id))
+        await self.egress_app(child, receive, send)
 
     async def _to_port(self, scope: Scope, receive: Receive, send: Send, sandbox_id: str,
                        port: int, path: str) -> None:
@@ -148,6 +166,17 @@ class Dispatcher:
         else:
             await self.http.forward(scope, receive, send, sandbox_id=sandbox_id, port=port,
                                     path=path)
+
+
+def _in_process_scope(scope: Scope, path: str) -> dict:
+    """The scope an in-process app (execd, egress) sees for `path`. Only the connection's
+    own keys: through the proxy route the scope also carries the lifecycle app's router,
+    route and path parameters, which are not the sandbox's."""
+    child = {key: value for key, value in scope.items() if key in ASGI_CONNECTION_KEYS}
+    child["path"] = unquote(path or "/")
+    child["raw_path"] = (path or "/").encode("latin-1")
+    child["root_path"] = ""
+    return child
 
 
 def raw_path_of(scope: Scope) -> str:

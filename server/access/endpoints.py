@@ -6,8 +6,9 @@ Three shapes, none with a scheme (clients add `http://`):
 - the server proxy (`use_server_proxy=true`): `<Host header>/sandboxes/<id>/proxy/<port>`.
 A signed endpoint (`expires`) adds the route's expiry and signature: `…/<id>/<port>/<exp>/
 <sig>`, or `<id>-<port>-<exp>-<sig>` in the header. The execd port's endpoint also carries
-the sandbox's execd token when tokens are on, and an unsigned endpoint of a secured
-sandbox its `OpenSandbox-Secure-Access` token.
+the sandbox's execd token when tokens are on, the egress port's (18080) its
+`OPENSANDBOX-EGRESS-AUTH` token (as upstream's does for a sandbox with an egress sidecar),
+and an unsigned endpoint of a secured sandbox its `OpenSandbox-Secure-Access` token.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from opensandbox_emulator.server.access.signing import SignedRoute
 from opensandbox_emulator.server.config import Config
 
 EXECD_PORT = 44772
+EGRESS_PORT = 18080
+EGRESS_AUTH_HEADER = "OPENSANDBOX-EGRESS-AUTH"
 INGRESS_HEADER = "OpenSandbox-Ingress-To"
 SECURE_ACCESS_HEADER = "OpenSandbox-Secure-Access"
 
@@ -32,7 +35,8 @@ def hostname_of(host_header: str) -> str:
 def endpoint_for(*, config: Config, sandbox_id: str, port: int, use_server_proxy: bool,
                  host_header: str, gateway_port: int, token: str | None,
                  signed: SignedRoute | None = None,
-                 secure_token: str | None = None) -> dict[str, Any]:
+                 secure_token: str | None = None,
+                 egress_token: str | None = None) -> dict[str, Any]:
     headers: dict[str, str] = {}
     if use_server_proxy:
         host = config.server.eip or host_header
@@ -50,6 +54,8 @@ def endpoint_for(*, config: Config, sandbox_id: str, port: int, use_server_proxy
                 endpoint += f"/{signed.expires_b36}/{signed.signature}"
     if token is not None and port == EXECD_PORT:
         headers["X-EXECD-ACCESS-TOKEN"] = token
+    if egress_token is not None and port == EGRESS_PORT:
+        headers[EGRESS_AUTH_HEADER] = egress_token
     if secure_token is not None and signed is None:
         headers[SECURE_ACCESS_HEADER] = secure_token
     body: dict[str, Any] = {"endpoint": endpoint}

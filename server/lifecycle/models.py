@@ -78,12 +78,14 @@ class VolumeSpec(Model):
 
 
 class NetworkRule(Model):
-    action: Literal["allow", "deny"]
-    target: Text = Field(min_length=1)
+    # "allow" or "deny", any case (upstream's sidecar lower-cases them); checked with the
+    # targets in validation.py, where the message can say which rule is wrong.
+    action: str | None = None
+    target: Text
 
 
 class NetworkPolicy(Model):
-    default_action: Literal["allow", "deny"] | None = Field(default=None, alias="defaultAction")
+    default_action: str | None = Field(default=None, alias="defaultAction")
     egress: list[NetworkRule] | None = None
 
 

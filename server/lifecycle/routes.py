@@ -104,7 +104,8 @@ async def get_endpoint(sandbox_id: str, port: str, request: Request, sandboxes: 
                         host_header=request.headers.get("host", "127.0.0.1"),
                         gateway_port=access.gateway_port,
                         token=access.hub.get(sandbox_id).access_token, signed=signed,
-                        secure_token=sandboxes.secure_access_token(sandbox_id))
+                        secure_token=sandboxes.secure_access_token(sandbox_id),
+                        egress_token=sandboxes.egress_token(sandbox_id))
 
 
 # --- snapshots -------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl
 
 from opensandbox_emulator.runtimes.base import Phase, Runtime, SandboxSpec, VolumeMount
 from opensandbox_emulator.runtimes.failures import (
+    EgressUnenforceable,
     RuntimeFailure,
     SandboxMissing,
     VolumeNotFound,
@@ -41,6 +42,7 @@ from opensandbox_emulator.server.lifecycle.models import CreateSandboxRequest
 from opensandbox_emulator.server.lifecycle.validation import (
     check_create,
     check_metadata_patch,
+    check_network_policy,
     check_platform,
     check_source,
     entrypoint_argv,
@@ -260,6 +262,9 @@ class SandboxService:
     async def create(self, request: CreateSandboxRequest) -> dict[str, Any]:
         volumes = check_create(request, max_timeout=self.config.server.max_sandbox_timeout_seconds,
                                allowed_host_paths=self.config.storage.allowed_host_paths)
+        network_policy = check_network_policy(request)
+        if network_policy is not None and self.runtime.egress_problem() is not None:
+            raise EgressUnenforceable(self.runtime.egress_problem() or "")
         entrypoint = check_source(request)
         if request.snapshot_id is not None:
             assert self.snapshots is not None
@@ -277,7 +282,8 @@ class SandboxService:
             image_auth=(auth.username or "", auth.password or "") if auth else None,
             snapshot_id=request.snapshot_id, platform=check_platform(request),
             owned_volumes=owned, extensions=dict(request.extensions or {}),
-            secure_access_token=secrets.token_urlsafe(24) if request.secure_access else None)
+            secure_access_token=secrets.token_urlsafe(24) if request.secure_access else None,
+            network_policy=network_policy, egress_token=secrets.token_urlsafe(24))
         record = SandboxRecord(spec=spec, created_at=now, expires_at=expires,
                                metadata=request.metadata, transition=PENDING,
                                last_state="Pending", last_transition_at=now)
@@ -404,6 +410,11 @@ class SandboxService:
 
     def secure_access_token(self, sandbox_id: str) -> str | None:
         return self._record(sandbox_id).spec.secure_access_token
+
+    def egress_token(self, sandbox_id: str) -> str | None:
+        """What callers of the sandbox's egress API (port 18080) send as
+        OPENSANDBOX-EGRESS-AUTH (None for a sandbox adopted from before egress tokens)."""
+        return self._record(sandbox_id).spec.egress_token
 
     async def accessed(self, sandbox_id: str) -> None:
         """Renew-on-access (`extensions["access.renew.extend.seconds"]`): a request through

@@ -19,8 +19,9 @@ router = APIRouter(tags=["not served"])
 TEMPLATES = ("Templates (create_template, create_from_template) are not served by this "
              "server, nor by upstream's: create sandboxes from an image or a snapshotId.")
 NETWORK_POLICY = ("The control-plane network policy (/sandboxes/{id}/networkpolicy) is not "
-                  "served by this server, nor by upstream's; networkPolicy given at create "
-                  "is checked and accepted but not enforced here.")
+                  "served by this server, nor by upstream's: read and change a sandbox's "
+                  "policy through its egress API, at the endpoint of its port 18080 "
+                  "(GET /v1/sandboxes/{id}/endpoints/18080).")
 
 
 @router.post("/metrics/events", status_code=204, include_in_schema=False)

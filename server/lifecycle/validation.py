@@ -14,6 +14,7 @@ import re
 import shlex
 
 from opensandbox_emulator.runtimes.base import VolumeMount
+from opensandbox_emulator.runtimes.egress.policy import EgressPolicy, PolicyError
 from opensandbox_emulator.runtimes.failures import PathTooLong
 from opensandbox_emulator.runtimes.filesystem import check_length
 from opensandbox_emulator.server.errors import (
@@ -229,14 +230,27 @@ def check_source(request: CreateSandboxRequest) -> list[str]:
     return list(request.entrypoint)
 
 
+def check_network_policy(request: CreateSandboxRequest) -> EgressPolicy | None:
+    """The policy to enforce, read as upstream's sidecar reads it (`{}` is deny-all); None
+    when the request has none (unrestricted egress)."""
+    if request.network_policy is None:
+        return None
+    try:
+        return EgressPolicy.from_document(
+            request.network_policy.model_dump(by_alias=True, exclude_none=True))
+    except PolicyError as error:
+        raise InvalidParameter(f"networkPolicy: {error}") from None
+
+
 def check_credential_proxy(request: CreateSandboxRequest) -> None:
     if request.credential_proxy is None or not request.credential_proxy.enabled:
         return
     if request.network_policy is None:
         raise InvalidParameter("credentialProxy.enabled requires networkPolicy.")
     raise NotImplementedHere(
-        "credentialProxy.enabled (the Credential Vault's transparent proxy) needs an egress "
-        "sidecar, which this server does not run; leave it out or set enabled to false.")
+        "credentialProxy.enabled (the Credential Vault's transparent MITM proxy, which "
+        "injects credentials into HTTPS requests) is not run by this server; leave it out "
+        "or set enabled to false (networkPolicy alone is enforced).")
 
 
 def check_create(request: CreateSandboxRequest, *, max_timeout: int,

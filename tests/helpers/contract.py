@@ -65,6 +65,14 @@ def assert_lifecycle_spec(response: httpx.Response, spec: str = "sandbox-lifecyc
               path if path.startswith("/v1/") else "/v1" + path, send_body=True)
 
 
+def assert_egress_spec(response: httpx.Response) -> None:
+    """Validate an egress API response (port 18080, reached through the gateway or the
+    server proxy) against upstream's newest egress spec."""
+    url_path = urlsplit(str(response.request.url)).path
+    _validate("head/egress-api.yaml", response, "http://localhost:18080",
+              url_path.split("/18080", 1)[1] or "/", send_body=True)
+
+
 def assert_error(response: httpx.Response, status: int, code: str,
                  mentions: str | None = None) -> dict[str, str]:
     """An error answer: the status, exactly `{"code","message"}` with upstream's code, a

@@ -209,6 +209,24 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
         time.sleep(0.05)
 
 
+def host_processes_mentioning(marker: str) -> dict[int, str]:
+    """Live processes of this host whose command line holds `marker`: pid -> command line.
+    A sandbox's processes are processes of this host on both runtimes (the docker engine is
+    local), and a marker in their argv finds them after the sandbox itself is gone."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            state = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if marker.encode() in cmdline and state[state.rfind(")") + 2] != "Z":
+            found[int(entry)] = cmdline.replace(b"\0", b" ").decode(errors="replace")
+    return found
+
+
 def no_leftover_processes(state_dir: Path) -> list[str]:
     """Command lines of live processes that still belong to a server whose state lives in
     `state_dir` (a leak): those that mention it, and those whose root directory is a
