@@ -39,6 +39,7 @@ from opensandbox_emulator.server.execd.app import create_execd_app
 from opensandbox_emulator.server.execd.sandbox import ExecdHub
 from opensandbox_emulator.server.handlers import install_error_handlers
 from opensandbox_emulator.server.hosts import AllowedHosts, HostCheck
+from opensandbox_emulator.server.images import offered_files
 from opensandbox_emulator.server.lifecycle.routes import router as lifecycle_router
 from opensandbox_emulator.server.lifecycle.service import SandboxService
 from opensandbox_emulator.server.lifecycle.snapshots import SnapshotService
@@ -81,7 +82,8 @@ def runtime_from_config(config: Config) -> Runtime:
         return make_runtime("fake", state_dir=config.fake.state_dir or None,
                             volumes_root=config.fake.volumes_root or None,
                             isolation=config.fake.isolation,
-                            pids_limit=config.fake.pids_limit or None, egress=egress)
+                            pids_limit=config.fake.pids_limit or None, egress=egress,
+                            offered_files=offered_files())
     return make_runtime(config.runtime.type, settings=config.docker, egress=egress)
 
 

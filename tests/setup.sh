@@ -25,11 +25,22 @@ if [ -n "$missing" ]; then
     exit 1
   }
 fi
+# The java and go code contexts run the sandbox's own JDK and Go: on the fake runtime, this
+# host's (Debian's openjdk-17-jdk-headless and golang-go).
+toolchains=""
+command -v jshell >/dev/null 2>&1 || toolchains="openjdk-17-jdk-headless"
+command -v go >/dev/null 2>&1 || toolchains="$toolchains golang-go"
+if [ -n "$toolchains" ]; then
+  # shellcheck disable=SC2086 # one word a package
+  apt_install $toolchains || echo "tests/setup.sh: could not install$toolchains; the java" \
+      "and go context tests will fail on the fake runtime" >&2
+fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 # The newest Python SDK, in a virtualenv of its own (tests/test_newer_sdks.py).
 [ -x .venv-sdk-next/bin/python ] || python3 -m venv .venv-sdk-next
-.venv-sdk-next/bin/python -m pip install -q --disable-pip-version-check 'opensandbox==1.1.1'
+.venv-sdk-next/bin/python -m pip install -q --disable-pip-version-check 'opensandbox==1.1.1' \
+    'opensandbox-code-interpreter==1.1.1'
 # A user's install of the package (not editable) beside the newest SDK, for the sample user
 # suite (tests/test_user_suite.py). pytest's pin is the one in pyproject.toml's test extra.
 [ -x .venv-user/bin/python ] || python3 -m venv .venv-user
@@ -38,16 +49,25 @@ rm -rf build  # setuptools would put files deleted from the source into the whee
     "$(sed -n 's/^ *"\(pytest==[^"]*\)",*$/\1/p' pyproject.toml)"
 if command -v npm >/dev/null 2>&1; then
   (cd tests/js && npm install --silent --no-audit --no-fund >/dev/null)
+  # typescript 7 (a native compiler, not the JS API of 5.x) for the typescript context tests.
+  (cd tests/js/typescript7 && npm install --silent --no-audit --no-fund >/dev/null)
+  # ... and installed globally, as the code-interpreter image has it: fake sandboxes run this
+  # host's node, and the code-interpreter SDK tests create theirs exactly as documented.
+  if [ "$(id -u)" = 0 ] && [ ! -e "$(npm prefix -g)/lib/node_modules/typescript" ]; then
+    npm install -g --silent --no-audit --no-fund typescript@7.0.2 >/dev/null \
+        || echo "tests/setup.sh: could not install typescript globally" >&2
+  fi
 else
   echo "tests/setup.sh: npm is missing; the JS SDK tests will fail" >&2
 fi
 
-# The docker runtime's tests: where an engine answers but the test images are missing, build
-# them (tests/docker/build-images.sh: root, busybox-static and debootstrap). Without an engine
-# those tests skip (or fail, with OPENSANDBOX_REQUIRE_DOCKER=1).
+# The docker runtime's tests: where an engine answers, build the test images that are missing
+# or out of date (tests/docker/build-images.sh: root, busybox-static, debootstrap, npm).
+# Without an engine those tests skip (or fail, with OPENSANDBOX_REQUIRE_DOCKER=1).
+# As root the script always runs: it skips what is built and up to date in a few seconds.
 if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 \
-    && ! docker image inspect opensandbox-test/busybox:1 opensandbox-test/debian:bookworm \
-        >/dev/null 2>&1; then
+    && { [ "$(id -u)" = 0 ] || ! docker image inspect opensandbox-test/busybox:1 \
+           opensandbox-test/debian:bookworm opensandbox-test/code:bookworm >/dev/null 2>&1; }; then
   if [ "$(id -u)" != 0 ]; then
     echo "tests/setup.sh: the Docker test images are missing and building them needs root:" \
          "run 'sudo sh tests/docker/build-images.sh'; the docker tests skip until then" >&2

@@ -8,11 +8,13 @@ conftest.py), in sandboxes of `server.image`.
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import pytest
 from code_interpreter import CodeInterpreter
 from code_interpreter.models.code import CodeContext, SupportedLanguage
 from opensandbox import Sandbox
+from opensandbox.config import ConnectionConfig
 from opensandbox.exceptions import SandboxApiException, SandboxException
 from opensandbox.models.execd import ExecutionHandlers, OutputMessage
 
@@ -178,11 +180,22 @@ async def test_bash_through_the_sdk(interpreter: CodeInterpreter) -> None:
     assert stdout_of(plain) == "default\n"
 
 
-async def test_missing_toolchain_is_refused(interpreter: CodeInterpreter) -> None:
-    with pytest.raises(SandboxException) as refused:
-        await interpreter.codes.create_context(SupportedLanguage.GO)
-    assert "go" in str(refused.value)
-    assert await interpreter.codes.list_contexts(SupportedLanguage.GO) == []
+async def test_missing_toolchain_is_refused(server: ServerProcess) -> None:
+    config = ConnectionConfig(domain=server.domain, request_timeout=timedelta(seconds=60))
+    sandbox = await Sandbox.create(server.image, connection_config=config,
+                                   entrypoint=["/usr/bin/tail", "-f", "/dev/null"],
+                                   env={"PATH": "/opensandbox-empty"})
+    try:
+        interpreter = await CodeInterpreter.create(sandbox)
+        for language, tool in ((SupportedLanguage.GO, "`go`"),
+                               (SupportedLanguage.JAVA, "`jshell`")):
+            with pytest.raises(SandboxException) as refused:
+                await interpreter.codes.create_context(language)
+            assert tool in str(refused.value)
+            assert await interpreter.codes.list_contexts(language) == []
+    finally:
+        await sandbox.kill()
+        await sandbox.close()
 
 
 async def test_context_objects_round_trip(interpreter: CodeInterpreter) -> None:

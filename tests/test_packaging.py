@@ -75,8 +75,12 @@ def test_the_wheel_installs_one_package_and_nothing_generic(venv: Path) -> None:
     assert (package / "runtimes" / "fake" / "mount_helper.py").is_file()
     # The code interpreter's drivers are data files, not modules: they must be in the wheel.
     drivers = package / "server" / "execd" / "code" / "drivers"
-    assert {"bash_driver.sh", "node_driver.js", "python_driver.py"} <= {
-        path.name for path in drivers.iterdir()}
+    assert {"bash_driver.sh", "node_driver.js", "python_driver.py", "java_driver.java",
+            "go_driver.go", "launcher.sh"} <= {path.name for path in drivers.iterdir()}
+    # So are the code-interpreter image's scripts that fake sandboxes are offered.
+    scripts = package / "server" / "images" / "code_interpreter"
+    assert {"code-interpreter.sh", "code-interpreter-env.sh"} <= {
+        path.name for path in scripts.iterdir()}
     # The test kit: the in-process server and the pytest plugin, found by its entry point.
     assert (package / "testing" / "inprocess.py").is_file()
     entry_points = site_packages(venv) / "opensandbox_emulator-0.1.0.dist-info" / \

@@ -94,6 +94,7 @@ class LaunchRequest:
     volumes: Sequence[Mount]
     resources: Resources
     hostname: str
+    offered: Sequence[Mount] = ()  # read-only files every sandbox sees (`offered.py`)
 
 
 class Launcher(ABC):
@@ -228,8 +229,8 @@ class ContainerLauncher(Launcher):
             os.path.join(request.directory, "root"), volumes,
             RootSetup(self.ids, request.hostname,
                       network.ADDRESS if self.outbound else "127.0.1.1",
-                      [network.NAMESERVER] if self.outbound else [], self.init.mounts,
-                      self.init.script))
+                      [network.NAMESERVER] if self.outbound else [],
+                      [*self.init.mounts, *request.offered], self.init.script))
         layout, rootfs, staged = self._stage(layout, self._stage_dir(container_id))
         spec = oci.ContainerSpec(
             layout=layout, ids=self.ids, hostname=request.hostname, rootfs=rootfs,

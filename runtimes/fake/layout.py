@@ -89,7 +89,8 @@ class RootSetup:
     hostname: str
     address: str = "127.0.1.1"
     nameservers: Sequence[str] = ()
-    extra: Sequence[Mount] = ()  # the init's interpreter, when the sandbox must be shown it
+    extra: Sequence[Mount] = ()  # the init's interpreter when the sandbox must be shown it,
+    # and the files offered to every sandbox
     init_script: str | None = None  # copied to /opt/opensandbox/init.py
 
 class SandboxLayout:

@@ -80,6 +80,7 @@ from opensandbox_emulator.runtimes.fake.launch import (
 )
 from opensandbox_emulator.runtimes.fake.layout import Mount
 from opensandbox_emulator.runtimes.fake.oci import Resources
+from opensandbox_emulator.runtimes.fake.offered import OfferedFiles
 from opensandbox_emulator.runtimes.fake.processes import (
     PIPE_LIMIT,
     InitProcess,
@@ -125,7 +126,10 @@ class FakeRuntime(Runtime):
 
     def __init__(self, *, state_dir: str | None = None, volumes_root: str | None = None,
                  isolation: str = "auto", pids_limit: int | None = DEFAULT_PIDS_LIMIT,
-                 egress: EgressSettings | None = None):
+                 egress: EgressSettings | None = None,
+                 offered_files: Mapping[str, str] | None = None):
+        """`offered_files`: sandbox path -> host file, files every sandbox sees read-only
+        (see `offered.py`)."""
         normalise(isolation)  # a bad level fails here, before anything is created
         self._own_state_dir = state_dir is None
         self.state_dir = state_dir or tempfile.mkdtemp(prefix="opensandbox-emulator-")
@@ -135,6 +139,8 @@ class FakeRuntime(Runtime):
         self._plan: Plan | None = None
         self._sandboxes: dict[str, FakeSandbox] = {}
         self.snapshots = SnapshotStore(self.state_dir)
+        self._offered_sources = dict(offered_files or {})
+        self._offered = OfferedFiles()
         self.egress = EgressEnforcer(egress)
 
     # --- start-up and shutdown -------------------------------------------------------------
@@ -157,6 +163,8 @@ class FakeRuntime(Runtime):
         os.makedirs(os.path.join(self.state_dir, "sandboxes"), exist_ok=True)
         os.chmod(self.state_dir, 0o711)
         os.makedirs(self.volumes_root, exist_ok=True)
+        self._offered = await asyncio.to_thread(OfferedFiles.stage, self.state_dir,
+                                                self._offered_sources)
         self._plan = await plan(self._isolation_wanted, self.state_dir,
                                 pids_limit=self._pids_limit)
         await asyncio.to_thread(self.egress.problem)  # tried once, now, not at a create
@@ -238,7 +246,7 @@ class FakeRuntime(Runtime):
         try:
             box = await self._launcher.launch(LaunchRequest(
                 sandbox_id=spec.sandbox_id, directory=directory, volumes=volumes,
-                resources=resources, hostname=hostname))
+                resources=resources, hostname=hostname, offered=self._offered.mounts))
         except RuntimeFailure:
             await asyncio.to_thread(shutil.rmtree, directory, True)
             raise
@@ -326,6 +334,9 @@ class FakeRuntime(Runtime):
             raise SpawnFailed("empty command")
         if sandbox.paused:
             raise SpawnFailed("the sandbox is paused; resume it first", wrong_state=True)
+        argv = list(request.argv)
+        if not sandbox.box.layout.isolated:  # the host's tree: an offered path is its copy
+            argv[0] = self._offered.host_copy(argv[0]) or argv[0]
         env = {**sandbox.env, **request.env}
         check_process_inputs(request.argv, env, request.cwd)
         cwd = request.cwd or "/"
@@ -344,7 +355,7 @@ class FakeRuntime(Runtime):
         oom_before = box.cgroup.oom_kills() if box.cgroup is not None else 0
         try:
             pid, exited = await box.channel.spawn(
-                argv=list(request.argv), env=env, cwd=cwd, uid=request.uid, gid=request.gid,
+                argv=argv, env=env, cwd=cwd, uid=request.uid, gid=request.gid,
                 stdin=in_r, stdout=out_w, stderr=err_w, tty=tty is not None)
         except (InitFailure, ChannelClosed) as error:
             for fd in ours:

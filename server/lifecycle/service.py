@@ -70,6 +70,7 @@ PENDING = SandboxState("Pending", "CONTAINER_STARTING", "Sandbox container is st
 PAUSING = SandboxState("Pausing", "CONTAINER_PAUSING", "Sandbox container is pausing.")
 STOPPING = SandboxState("Stopping", "CONTAINER_STOPPING", "Sandbox container is stopping.")
 UNKNOWN = SandboxState("Unknown", "CONTAINER_STATE_UNKNOWN", "Sandbox state is unknown.")
+EXIT_NOTE_BYTES = 4096  # of the entrypoint's output read to explain a 126 or 127 exit
 # Renew-on-access renews a sandbox at most this often (upstream's default cooldown).
 RENEW_ON_ACCESS_COOLDOWN = 60.0
 REMOVED_KEPT = 500  # removed sandboxes whose lifecycle events diagnostics still show
@@ -87,6 +88,7 @@ class SandboxRecord:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     journal: Journal = field(default_factory=Journal)
     last_renewed_on_access: float | None = None
+    exit_note: str | None = None  # why the entrypoint could not run, once read
 
     @property
     def id(self) -> str:
@@ -172,9 +174,10 @@ class SandboxService:
                     current = SandboxState("Terminated", "CONTAINER_EXITED",
                                            "Sandbox container exited successfully.")
                 else:
+                    note = await self._exit_note(record, status.exit_code)
                     current = SandboxState("Failed", "CONTAINER_EXITED_ERROR",
                                            "Sandbox container exited with code "
-                                           f"{status.exit_code}.")
+                                           f"{status.exit_code}{note}.")
         if current.state != record.last_state:
             record.last_state = current.state
             record.last_transition_at = changed_at or self.clock.now()
@@ -182,6 +185,21 @@ class SandboxService:
                 record.journal.add(record.last_transition_at, current.state, current.reason,
                                    current.message)
         return current
+
+    async def _exit_note(self, record: SandboxRecord, exit_code: int | None) -> str:
+        """For an entrypoint that could not be run at all (126, 127: not found, not
+        executable), the last line it or its shell printed, which says which and why."""
+        if exit_code not in (126, 127):
+            return ""
+        if record.exit_note is None:
+            record.exit_note = ""
+            with contextlib.suppress(RuntimeFailure):
+                output = await self.runtime.entrypoint_output(record.id, EXIT_NOTE_BYTES)
+                said = [line.strip() for line in output.data.decode(errors="replace")
+                        .splitlines() if line.strip()]
+                if said:
+                    record.exit_note = ": " + said[-1][:300].rstrip(".")
+        return record.exit_note
 
     async def describe(self, sandbox_id: str, *, with_image: bool = True) -> dict[str, Any]:
         """The sandbox as the API shows it (`Sandbox`, or `CreateSandboxResponse`)."""

@@ -8,6 +8,14 @@
 #   sh tests/docker/build-images.sh            # needs root, docker, busybox-static, debootstrap
 #   DEBIAN_MIRROR=http://… sh tests/docker/build-images.sh
 #
+# `opensandbox-test/code:bookworm` is the Debian image plus what code contexts use: a JDK
+# (jshell) and Go from Debian, Node.js from Debian with the `typescript` npm package (7.x,
+# fetched with this host's npm), and the code-interpreter image's scripts in both of its
+# layouts (/opt/code-interpreter/, /opt/opensandbox/): the ones the emulator offers fake
+# sandboxes, standing in for the real image's. It is also tagged with the names the
+# code-interpreter SDKs document (opensandbox/code-interpreter:latest and :v1.1.0), which no
+# registry serves here, so that their documented create calls run unchanged on Docker.
+#
 # With --python-base it also builds `opensandbox-test/python:3.11` (the Debian image plus
 # python3-venv), a local BASE_IMAGE for building the server's own Dockerfile in CI.
 set -eu
@@ -15,6 +23,10 @@ set -eu
 BUSYBOX_IMAGE=opensandbox-test/busybox:1
 DEBIAN_IMAGE=opensandbox-test/debian:bookworm
 PYTHON_IMAGE=opensandbox-test/python:3.11
+CODE_IMAGE=opensandbox-test/code:bookworm
+CODE_INTERPRETER_NAMES="opensandbox/code-interpreter:latest opensandbox/code-interpreter:v1.1.0"
+TYPESCRIPT_VERSION=7.0.2
+SCRIPTS=$(cd "$(dirname "$0")/../../server/images/code_interpreter" && pwd)
 
 have_image() { docker image inspect "$1" >/dev/null 2>&1; }
 
@@ -68,6 +80,56 @@ else
       -c 'ENV LANG=C.UTF-8' - "$DEBIAN_IMAGE" >/dev/null
   echo "build-images: built $DEBIAN_IMAGE"
 fi
+
+# What the image is made of: its package layer (the JDK's jmods and Go's own tests, which
+# nothing here uses, removed) and the code-interpreter scripts on top.
+code_recipe=$(cat <<DOCKERFILE
+FROM $DEBIAN_IMAGE
+RUN apt-get update -qq \\
+    && apt-get install -y -qq --no-install-recommends openjdk-17-jdk-headless golang-go \\
+       nodejs >/dev/null \\
+    && rm -rf /var/lib/apt/lists/* /usr/lib/jvm/*/jmods /usr/share/go-*/test \\
+    && find /usr/share/go-* -name testdata -type d -prune -exec rm -rf {} +
+COPY modules/node_modules /usr/local/lib/node_modules/
+COPY code-interpreter.sh code-interpreter-env.sh /opt/code-interpreter/
+COPY code-interpreter.sh code-interpreter-env.sh /opt/opensandbox/
+RUN chmod 755 /opt/code-interpreter/*.sh /opt/opensandbox/*.sh
+DOCKERFILE
+)
+# Its checksum is a label: an image made from another recipe or older scripts is rebuilt
+# (on top of the cached package layer where that did not change).
+recipe_sum=$(printf '%s\n%s\n' "$code_recipe" "$TYPESCRIPT_VERSION" \
+             | cat - "$SCRIPTS/code-interpreter.sh" "$SCRIPTS/code-interpreter-env.sh" \
+             | sha256sum | cut -c1-16)
+recipe_of() {
+  docker image inspect -f '{{index .Config.Labels "opensandbox-test.recipe"}}' "$1" 2>/dev/null
+}
+if have_image "$CODE_IMAGE" && [ "$(recipe_of "$CODE_IMAGE")" = "$recipe_sum" ]; then
+  echo "build-images: $CODE_IMAGE exists"
+else
+  command -v npm >/dev/null || { echo "build-images: npm is missing (for the typescript package of $CODE_IMAGE)" >&2; exit 1; }
+  context="$work/code"
+  mkdir -p "$context/modules"
+  npm install --silent --no-audit --no-fund --prefix "$context/modules" \
+      "typescript@$TYPESCRIPT_VERSION" >"$work/npm.log" 2>&1 \
+      || { cat "$work/npm.log" >&2; exit 1; }
+  cp "$SCRIPTS/code-interpreter.sh" "$SCRIPTS/code-interpreter-env.sh" "$context/"
+  printf '%s\nLABEL opensandbox-test.recipe=%s\n' "$code_recipe" "$recipe_sum" \
+      >"$context/Dockerfile"
+  DOCKER_BUILDKIT=0 docker build -q -t "$CODE_IMAGE" "$context" >"$work/build.log" 2>&1 \
+      || { cat "$work/build.log" >&2; exit 1; }
+  echo "build-images: built $CODE_IMAGE"
+fi
+for name in $CODE_INTERPRETER_NAMES; do
+  if have_image "$name" && [ -z "$(recipe_of "$name")" ]; then
+    echo "build-images: $name exists and is not ours: left as it is"
+  elif [ "$(recipe_of "$name")" = "$recipe_sum" ]; then
+    echo "build-images: $name exists"
+  else
+    docker tag "$CODE_IMAGE" "$name"
+    echo "build-images: tagged $CODE_IMAGE as $name"
+  fi
+done
 
 if [ "${1:-}" = --python-base ]; then
   if have_image "$PYTHON_IMAGE"; then

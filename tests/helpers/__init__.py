@@ -8,7 +8,8 @@
   test sets;
 - `app_sandboxes`: sandboxes that serve an application port (`sandbox_app.py`);
 - `contract`: responses checked against the upstream OpenAPI files;
-- `frames`: execd's event stream split into frames.
+- `frames`: execd's event stream split into frames;
+- `code_api`: execd's `/code` routes over raw HTTP (a cell's events, one in the background).
 
 Fixtures stay in `tests/conftest.py`; everything here is plain code a test imports.
 """

@@ -24,7 +24,13 @@ if TYPE_CHECKING:
 
 DOCKER_BUSYBOX_IMAGE = "opensandbox-test/busybox:1"
 DOCKER_DEBIAN_IMAGE = "opensandbox-test/debian:bookworm"
-DOCKER_IMAGES = (DOCKER_BUSYBOX_IMAGE, DOCKER_DEBIAN_IMAGE)
+# The Debian image plus a JDK, Go, Node.js with typescript and the code-interpreter scripts;
+# also tagged with the code-interpreter image names the SDKs document.
+DOCKER_CODE_IMAGE = "opensandbox-test/code:bookworm"
+CODE_INTERPRETER_IMAGES = ("opensandbox/code-interpreter:latest",
+                           "opensandbox/code-interpreter:v1.1.0")
+DOCKER_IMAGES = (DOCKER_BUSYBOX_IMAGE, DOCKER_DEBIAN_IMAGE, DOCKER_CODE_IMAGE,
+                 *CODE_INTERPRETER_IMAGES)
 _problem: list[str | None] = []
 
 

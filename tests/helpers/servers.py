@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from tests.helpers import ROOT
-from tests.helpers.docker_engine import DOCKER_DEBIAN_IMAGE
+from tests.helpers.docker_engine import DOCKER_CODE_IMAGE, DOCKER_DEBIAN_IMAGE
 
 READY = re.compile(r"lifecycle API on http://(\S+):(\d+) .*sandbox gateway on port (\d+)")
 EXECD_PORT = 44772
@@ -61,6 +61,13 @@ class ServerProcess:
     # runtime ignores the name (its sandboxes see the host's /usr); the docker one needs a
     # local image (tests/docker/build-images.sh).
     image: str = "python:3.11"
+
+    @property
+    def code_image(self) -> str:
+        """An image that also has a JDK (jshell), Go and Node.js with typescript 7: the
+        docker test image built for that; the fake runtime runs the host's (CI installs
+        them from Debian), so any name does."""
+        return DOCKER_CODE_IMAGE
 
     @property
     def url(self) -> str:

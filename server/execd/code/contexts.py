@@ -14,14 +14,11 @@ sandbox is deleted or expires its `close()` stops every interpreter. Rules:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 from dataclasses import dataclass, field
 
-from opensandbox_emulator.runtimes.base import SpawnRequest
 from opensandbox_emulator.runtimes.failures import ExecutableNotFound, RuntimeFailure
-from opensandbox_emulator.server.execd.code.drivers import DRIVERS, LANGUAGES, UNSUPPORTED, Driver
+from opensandbox_emulator.server.execd.code.drivers import DRIVERS, LANGUAGES, Driver
 from opensandbox_emulator.server.execd.code.errors import (
     ContextBusy,
     ContextNotFound,
@@ -36,7 +33,6 @@ from opensandbox_emulator.server.execd.sandbox import ExecdSandbox
 log = logging.getLogger("opensandbox.execd.code")
 
 PART_NAME = "code"
-PROBE_TIMEOUT = 10.0
 
 
 @dataclass
@@ -72,7 +68,7 @@ class CodeContexts:
 
     async def create(self, language: str, cwd: str | None = None, *,
                      default: bool = False) -> CodeContext:
-        driver = await self._driver(check_language(language))
+        driver = self._driver(check_language(language))
         context = CodeContext(self.sandbox.ids.command_id(), language, cwd or None, default)
         context.interpreter = await self._start(driver, context)
         if self._closed:
@@ -111,7 +107,7 @@ class CodeContexts:
 
     async def execute(self, context: CodeContext, code: str) -> Execution:
         """Send a cell to the context's interpreter (replacing it first if it exited)."""
-        driver = await self._driver(context.language)
+        driver = self._driver(context.language)
         async with context.lock:
             if context.deleted:
                 raise ContextNotFound(context.id)
@@ -165,38 +161,14 @@ class CodeContexts:
         self._defaults.clear()
         for context in contexts:
             context.deleted = True
-        await asyncio.gather(*(context.interpreter.close() for context in contexts
-                               if context.interpreter is not None))
+        await asyncio.gather(*(context.interpreter.close(clean_up=False)
+                               for context in contexts if context.interpreter is not None))
 
     # --- drivers -------------------------------------------------------------------------
 
-    async def _driver(self, language: str) -> Driver:
-        driver = DRIVERS.get(language)
-        if driver is not None:
-            return driver
-        tool = UNSUPPORTED[language]
-        supported = ", ".join(DRIVERS)
-        if await self._has_program(tool):
-            raise LanguageUnavailable(
-                f"{language} contexts are not supported by this emulator: the sandbox has "
-                f"`{tool}`, but only {supported} have interpreters here.")
-        raise LanguageUnavailable(
-            f"{language} contexts need `{tool}`, which is not on this sandbox's PATH (and "
-            f"this emulator runs only {supported} contexts).")
-
-    async def _has_program(self, program: str) -> bool:
-        request = SpawnRequest(argv=["sh", "-c", 'command -v "$0" >/dev/null 2>&1', program])
-        try:
-            process = await self.sandbox.runtime.spawn(self.sandbox.sandbox_id, request)
-        except RuntimeFailure:
-            return False
-        try:
-            status = await asyncio.wait_for(process.wait(), PROBE_TIMEOUT)
-        except TimeoutError:
-            with contextlib.suppress(RuntimeFailure, OSError):
-                await process.signal_group(signal.SIGKILL)
-            return False
-        return status.code == 0
+    @staticmethod
+    def _driver(language: str) -> Driver:
+        return DRIVERS[check_language(language)]
 
     async def _start(self, driver: Driver, context: CodeContext) -> Interpreter:
         label = f"sandbox {self.sandbox.sandbox_id} {context.language} context {context.id}"

@@ -7,6 +7,11 @@ to the cell that is running: an `Execution`, which the `/code` stream reads. A c
 when the driver reported `done` on stdout *and* `sync` on stderr, so everything it printed
 on either pipe is in the stream before `execution_complete`.
 
+A driver that warms up slowly (a JVM, a Go build) says `starting` once its launcher checked
+the toolchain and the working directory: the context exists from then on, and its first
+cell waits for `ready`. A driver that works in a scratch directory names it (`scratch`);
+if the interpreter is killed before it removed the directory itself, the server does.
+
 An `Execution` holds a few items at a time: a client that reads slowly makes the pumps
 wait, the pipes fill and the interpreter itself waits (backpressure). A client that goes
 away detaches the execution: the cell runs on to its end and its output is dropped.
@@ -40,13 +45,14 @@ log = logging.getLogger("opensandbox.execd.code")
 
 READ_SIZE = 64 * 1024
 QUEUE_SLOTS = 16  # items in flight between the pumps and a slow stream
-START_TIMEOUT = 60.0  # seconds for an interpreter to report `ready` (IPython takes ~1 s)
+START_TIMEOUT = 60.0  # seconds for an interpreter to report `starting` or `ready` (IPython ~1 s)
 SYNC_WAIT = 1.0  # after `done`: how long to wait for the stderr `sync` line
 EXIT_DRAIN = 1.0  # after the process exited: how long to let the pumps read its last output
 CLOSE_GRACE = 1.0  # an idle interpreter gets this long to exit on end-of-input
 KILL_WAIT = 5.0
 INTERRUPT_REPEAT = 0.25  # an interrupt is sent again this often until the cell ends
 STDERR_TAIL = 2048  # bytes of stderr kept to explain a failed start
+CLEANUP_TIMEOUT = 10.0  # for removing a killed interpreter's scratch directory
 
 
 @dataclass(frozen=True)
@@ -122,16 +128,22 @@ class Execution:
 
 
 class Interpreter:
-    def __init__(self, driver: Driver, process: SandboxProcess, token: str, label: str):
+    def __init__(self, driver: Driver, process: SandboxProcess, token: str, label: str,
+                 runtime: Runtime, sandbox_id: str, cwd: str | None = None):
         self.driver = driver
         self.process = process
         self.label = label
         self.info: dict[str, Any] = {}
         self.current: Execution | None = None
         self.exit_status: ExitStatus | None = None
+        self.scratch: str | None = None
+        self._runtime = runtime
+        self._sandbox_id = sandbox_id
+        self._cwd = cwd
         self._token = token
         self._seq = 0
-        self._ready = asyncio.Event()
+        self._started = asyncio.Event()  # `starting` or `ready` came, or the process exited
+        self._ready = asyncio.Event()  # `ready` came, or the process exited
         self._fatal: dict[str, Any] | None = None
         self._stderr_tail = ""
         self._closing = False
@@ -148,32 +160,44 @@ class Interpreter:
     async def start(cls, runtime: Runtime, sandbox_id: str, driver: Driver, cwd: str | None,
                     *, label: str, start_timeout: float = START_TIMEOUT,
                     env: Mapping[str, str] | None = None) -> Interpreter:
-        """Spawn the driver and wait for its `ready`. Raises `SpawnFailed` as the runtime
-        does, and an `ApiError` when the interpreter starts but cannot run. `env` (the env
-        file's entries) goes under the driver's own variables."""
+        """Spawn the driver and wait for its `starting` or `ready`. Raises `SpawnFailed` as
+        the runtime does, and an `ApiError` when the interpreter starts but cannot run.
+        `env` (the env file's entries) goes under the driver's own variables."""
         token = secrets.token_hex(12)
         request = SpawnRequest(argv=driver.argv(token, cwd or ""),
                                env={**(env or {}), **driver.env}, stdin=True)
         process = await runtime.spawn(sandbox_id, request)
-        interpreter = cls(driver, process, token, label)
+        interpreter = cls(driver, process, token, label, runtime, sandbox_id, cwd)
         if process.stdin is None:
             await interpreter.close()
             raise InterpreterFailed(f"the {runtime.name} runtime cannot write to a process's "
                                     "stdin, which code contexts need")
-        try:
-            await asyncio.wait_for(interpreter._ready.wait(), start_timeout)
-        except TimeoutError:
-            await interpreter.close()
-            raise InterpreterFailed(
-                f"the {driver.language} interpreter ({driver.tool}) did not start within "
-                f"{start_timeout:g} s{interpreter._stderr_note()}") from None
-        except BaseException:  # cancelled: leave nothing running behind
-            await asyncio.shield(interpreter.close())
-            raise
-        if not interpreter.alive:
-            await interpreter.close()
-            raise interpreter._start_failure(cwd)
+        await interpreter._await(interpreter._started, start_timeout)
         return interpreter
+
+    async def wait_ready(self) -> None:
+        """Wait for the driver's `ready` (its first cell does); raises as `start` does."""
+        if not self._ready.is_set():
+            await self._await(self._ready, self.driver.ready_timeout, starting=False)
+
+    async def _await(self, event: asyncio.Event, seconds: float, *,
+                     starting: bool = True) -> None:
+        """Wait for `event`. A wait that is cancelled while the context is being created
+        stops the interpreter; one of a first cell (whose client went away) does not."""
+        try:
+            await asyncio.wait_for(event.wait(), seconds)
+        except TimeoutError:
+            await self.close()
+            raise InterpreterFailed(
+                f"the {self.driver.language} interpreter ({self.driver.tool}) did not start "
+                f"within {seconds:g} s{self._stderr_note()}") from None
+        except BaseException:  # cancelled: leave nothing running behind
+            if starting:
+                await asyncio.shield(self.close())
+            raise
+        if not self.alive and not self.info:
+            await self.close()
+            raise self._start_failure(self._cwd)
 
     def _start_failure(self, cwd: str | None) -> Exception:
         driver = self.driver
@@ -207,6 +231,9 @@ class Interpreter:
 
     async def execute(self, code: str, notice: str | None = None) -> Execution:
         """Send a cell. Raises `Busy` while another cell runs, `Gone` when the process is."""
+        if self.current is not None:
+            raise Busy(self.label)
+        await self.wait_ready()
         if not self.alive or self.process.stdin is None:
             raise Gone(self.label)
         if self.current is not None:
@@ -279,7 +306,14 @@ class Interpreter:
         run = self.current
         if kind == "ready":
             self.info = message
+            self._started.set()
             self._ready.set()
+        elif kind == "starting":
+            self._started.set()
+        elif kind == "scratch":
+            path = message.get("path")
+            if isinstance(path, str) and path.startswith("/"):
+                self.scratch = path
         elif kind == "fatal":
             self._fatal = message
         elif kind in ("result", "display"):
@@ -340,6 +374,7 @@ class Interpreter:
         if pumps:
             await asyncio.wait(pumps, timeout=EXIT_DRAIN)
         self.exit_status = status
+        self._started.set()
         self._ready.set()
         log.info("%s: interpreter exited (%s)", self.label, status.description)
         run = self.current
@@ -356,14 +391,17 @@ class Interpreter:
             failure = Failure("InterpreterExited", text, (text,))
         self._finish(run, [failure])
 
-    async def close(self) -> None:
-        """Stop the interpreter and whatever it started in its process group. An idle one
-        is first asked to exit (end of input), so its atexit handlers run."""
+    async def close(self, *, clean_up: bool = True) -> None:
+        """Stop the interpreter and whatever it started in its process group. An idle, ready
+        one is first asked to exit (end of input), so its atexit handlers run. Then its
+        scratch directory is removed, unless it exited cleanly (it removed it itself) or
+        `clean_up` is false (the whole sandbox is going)."""
         if self._closed:
             return
         self._closing = True
         stdin = self.process.stdin
-        if self.exit_status is None and self.current is None and stdin is not None:
+        if (self.exit_status is None and self.current is None and stdin is not None
+                and self._ready.is_set()):  # one still warming up has no state to save
             with contextlib.suppress(OSError, RuntimeFailure):
                 await stdin.close()
             await _wait(self._watcher, CLOSE_GRACE)
@@ -381,6 +419,18 @@ class Interpreter:
         if run is not None:
             self._finish(run, [Failure("ContextDeleted", "the context was deleted "
                                              "while this cell ran", ("ContextDeleted",))])
+        status = self.exit_status
+        if clean_up and self.scratch and (status is None or status.code != 0):
+            await self._remove_scratch(self.scratch)
+
+    async def _remove_scratch(self, path: str) -> None:
+        request = SpawnRequest(argv=["rm", "-rf", "--", path])
+        try:
+            process = await self._runtime.spawn(self._sandbox_id, request)
+            await asyncio.wait_for(process.wait(), CLEANUP_TIMEOUT)
+        except (RuntimeFailure, OSError, TimeoutError) as error:
+            log.warning("%s: could not remove its scratch directory %s: %s", self.label,
+                        path, error)
 
 
 async def _wait(task: asyncio.Future[Any], seconds: float) -> None:

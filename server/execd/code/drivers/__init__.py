@@ -1,11 +1,13 @@
 """How each language's interpreter is started inside a sandbox, and how it is spoken to.
 
 A driver is a small program in the language's own toolchain (`python_driver.py`,
-`bash_driver.sh`, `node_driver.js`, kept here as resource files and read at run time). The
-server hands its source to the sandbox's interpreter on the command line (`python3 -c`,
-`bash -c`, `node -e`), so nothing is installed or written into the sandbox, and the same
-start works on every runtime: the process is an ordinary `Runtime.spawn`, inside the
-container on either runtime (the fake runtime's own, or Docker's).
+`bash_driver.sh`, `node_driver.js`, `java_driver.java`, `go_driver.go`, kept here as
+resource files and read at run time). The server hands its source to the sandbox's
+interpreter on the command line (`python3 -c`, `bash -c`, `node -e`), so nothing is
+installed into the sandbox, and the same start works on every runtime: the process is an
+ordinary `Runtime.spawn`, inside the container on either runtime (the fake runtime's own,
+or Docker's). Java and Go take no program on the command line: `launcher.sh` writes their
+driver into a scratch directory of the context (removed with it) and starts it there.
 
 Every driver speaks the same protocol (see `framing.py` and the drivers' own headers):
 requests on stdin, the user's output untouched on stdout/stderr, the driver's messages as
@@ -14,6 +16,7 @@ marked lines among it. Only the request encoding and the end-of-cell report diff
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass, field
 from functools import cache
@@ -43,6 +46,7 @@ class Driver:
     tool: str  # the program that must be on the sandbox's PATH
     hint: str = ""  # how to get it, for the error when it is missing
     env: dict[str, str] = field(default_factory=dict)
+    ready_timeout: float = 60.0  # seconds from start to the driver's `ready`
 
     def argv(self, token: str, cwd: str) -> list[str]:
         raise NotImplementedError
@@ -91,6 +95,23 @@ class NodeDriver(Driver):
         return [self.tool, "-e", source("node_driver.js"), token, cwd, self.language]
 
 
+class LaunchedDriver(Driver):
+    """java and go: `launcher.sh` checks the tool and the working directory at once (a
+    missing one is refused while the context is created) and says `starting` before the
+    JVM or the Go build warms up; requests are lines with the code in base64."""
+
+    def argv(self, token: str, cwd: str) -> list[str]:
+        return ["/bin/sh", "-c", source("launcher.sh"), f"opensandbox-{self.language}", token,
+                cwd, self.language, source(f"{self.language}_driver.{self.language}")]
+
+    def encode_run(self, seq: int, code: str) -> bytes:
+        encoded = base64.b64encode(code.encode("utf-8", "surrogatepass")).decode("ascii")
+        return f"R {seq} {encoded}\n".encode()
+
+    def encode_interrupt(self, seq: int) -> bytes:
+        return f"I {seq}\n".encode()
+
+
 INTERRUPTED = Failure("KeyboardInterrupt", "", ("KeyboardInterrupt",))
 
 DRIVERS: dict[str, Driver] = {
@@ -98,13 +119,13 @@ DRIVERS: dict[str, Driver] = {
     "bash": BashDriver("bash", "bash", "use an image with bash installed"),
     "javascript": NodeDriver("javascript", "node", "use an image with Node.js installed"),
     "typescript": NodeDriver("typescript", "node", "use an image with Node.js and the "
-                             "typescript npm package (npm install -g typescript)"),
+                             "typescript npm package, 5.x or 7.x (npm install -g typescript)"),
+    "java": LaunchedDriver("java", "jshell", "use an image with a JDK 11 or newer (jshell)"),
+    # A Go toolchain without a build cache builds the driver's packages first: give it time.
+    "go": LaunchedDriver("go", "go", "use an image with Go 1.19 or newer", ready_timeout=300.0),
 }
 
-# Languages the API names but this emulator has no driver for: the tool they would need.
-UNSUPPORTED: dict[str, str] = {"java": "jshell", "go": "go"}
-
-LANGUAGES = (*DRIVERS, *UNSUPPORTED)
+LANGUAGES = tuple(DRIVERS)
 
 
 def _json_line(message: dict[str, Any]) -> bytes:

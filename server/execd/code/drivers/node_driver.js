@@ -2,9 +2,12 @@
 // sandbox* as
 //   node -e <this source> <token> <cwd> [typescript]
 // and needs nothing but node >= 12; typescript contexts also need the `typescript` npm
-// package (found next to the working directory, on NODE_PATH or in node's global modules):
-// each cell is transpiled with its `transpileModule` (no type checking, as ts-node's
-// transpile-only mode) and then run like javascript.
+// package (found next to the working directory, on NODE_PATH or in node's global modules).
+// Each cell is transpiled (no type checking, as ts-node's transpile-only mode) and then run
+// like javascript: with the package's `transpileModule` up to 6.x, and from 7.x, whose
+// package is a native compiler with no such API, by that compiler (`tsc --noCheck`) on the
+// cell written to a scratch directory of the context (removed when the driver exits, and
+// named in a `scratch` message so that the server removes it if the driver is killed).
 //
 // Requests arrive on stdin, one JSON object per line: {"op":"run","seq":N,"code":"..."} and
 // {"op":"interrupt","seq":N} (the server repeats it until cell N ends). A worker thread owns stdin, so an interrupt is seen while a cell runs
@@ -117,15 +120,71 @@ function loadTypeScript() {
   const globalModules = path.join(path.dirname(process.execPath), '..', 'lib', 'node_modules');
   const paths = [process.cwd(), ...(process.env.NODE_PATH || '').split(path.delimiter),
     globalModules, '/usr/local/lib/node_modules', '/usr/lib/node_modules'].filter(Boolean);
+  let home;
+  let version;
   try {
-    return require(require.resolve('typescript', { paths }));
+    home = path.dirname(require.resolve('typescript/package.json', { paths }));
+    version = String(JSON.parse(fs.readFileSync(path.join(home, 'package.json'), 'utf8')).version);
   } catch (error) {
     return null;
   }
+  let api = null;
+  try {
+    api = require(home);
+  } catch (error) {
+    api = null;
+  }
+  if (api !== null && typeof api.transpileModule === 'function') {
+    return { version, transpile: (code, number) => transpileWithApi(api, code, number) };
+  }
+  const compiler = nativeCompiler(home);
+  if (compiler !== null) {
+    return { version, transpile: (code, number) => transpileWithCompiler(compiler, code, number) };
+  }
+  return { version, transpile: null };
+}
+
+// The native compiler of typescript 7.x: the executable its platform package holds.
+function nativeCompiler(home) {
+  const platformPackage = '@typescript/typescript-' + process.platform + '-' + process.arch;
+  for (const name of ['tsc', 'tsgo']) {
+    try {
+      const found = path.join(path.dirname(require.resolve(platformPackage + '/package.json',
+        { paths: [home] })), 'lib', name);
+      fs.accessSync(found, fs.constants.X_OK);
+      return found;
+    } catch (error) {
+      // not this one
+    }
+  }
+  return null;
+}
+
+let scratch = null;
+
+function scratchDirectory() {
+  if (scratch === null) {
+    scratch = fs.mkdtempSync(path.join(require('os').tmpdir(), 'opensandbox-typescript-'));
+    send({ ev: 'scratch', path: scratch });
+    process.on('exit', () => {
+      try {
+        (fs.rmSync || fs.rmdirSync)(scratch, { recursive: true, force: true });
+      } catch (error) {
+        // already gone
+      }
+    });
+  }
+  return scratch;
+}
+
+function syntaxError(lines) {
+  const error = new SyntaxError(lines.join('; '));
+  error.stack = lines.join('\n');
+  return error;
 }
 
 // The javascript of a typescript cell, or a SyntaxError-like object for what does not parse.
-function transpile(code, number) {
+function transpileWithApi(ts, code, number) {
   const output = ts.transpileModule(code, {
     fileName: 'cell-' + number + '.ts',
     reportDiagnostics: true,
@@ -135,19 +194,46 @@ function transpile(code, number) {
   const problems = (output.diagnostics || []).filter(
     (d) => d.category === ts.DiagnosticCategory.Error);
   if (problems.length > 0) {
-    const lines = problems.map((d) => {
+    throw syntaxError(problems.map((d) => {
       const text = ts.flattenDiagnosticMessageText(d.messageText, '\n');
       if (d.file && d.start !== undefined) {
         const at = d.file.getLineAndCharacterOfPosition(d.start);
         return 'cell-' + number + '.ts(' + (at.line + 1) + ',' + (at.character + 1) + '): ' + text;
       }
       return text;
-    });
-    const error = new SyntaxError(lines.join('; '));
-    error.stack = lines.join('\n');
-    throw error;
+    }));
   }
   return output.outputText;
+}
+
+// The same through the native compiler: syntax only (--noCheck, and no lib files to read,
+// so the global types it then misses, TS2318, are no error here).
+function transpileWithCompiler(compiler, code, number) {
+  const directory = scratchDirectory();
+  const name = 'cell-' + number;
+  const source = path.join(directory, name + '.ts');
+  const target = path.join(directory, name + '.js');
+  fs.writeFileSync(source, code);
+  try {
+    const run = require('child_process').spawnSync(compiler, ['--ignoreConfig', '--noCheck',
+      '--noLib', '--types', '', '--target', 'es2020', '--module', 'commonjs',
+      '--esModuleInterop', '--pretty', 'false', '--outDir', directory, name + '.ts'],
+    { cwd: directory, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    if (run.error) throw run.error;
+    const problems = [];
+    for (const line of (run.stdout + '\n' + run.stderr).split('\n')) {
+      const found = /^(?:(.*)\((\d+),(\d+)\): )?error (TS\d+): (.*)$/.exec(line.trim());
+      if (found === null || found[4] === 'TS2318') continue;
+      problems.push(found[1] ? found[1] + '(' + found[2] + ',' + found[3] + '): ' + found[5]
+        : found[5]);
+    }
+    if (problems.length > 0) throw syntaxError(problems);
+    return fs.readFileSync(target, 'utf8').replace(/^"use strict";\r?\n/, '');
+  } finally {
+    for (const file of [source, target]) {
+      try { fs.unlinkSync(file); } catch (error) { /* not written */ }
+    }
+  }
 }
 
 async function runCell(request) {
@@ -155,7 +241,7 @@ async function runCell(request) {
   const number = count;
   let value;
   try {
-    const code = ts !== null ? transpile(request.code, number) : request.code;
+    const code = ts !== null ? ts.transpile(request.code, number) : request.code;
     value = vm.runInThisContext(code, { filename: 'cell-' + number, breakOnSigint: true });
     if (value !== null && (typeof value === 'object' || typeof value === 'function') &&
         typeof value.then === 'function') {
@@ -210,6 +296,12 @@ function main() {
     if (ts === null) {
       send({ ev: 'fatal', missing: 'typescript',
         message: 'the typescript npm package is not installed' });
+      process.exit(1);
+    }
+    if (ts.transpile === null) {
+      send({ ev: 'fatal', missing: 'typescript',
+        message: 'the typescript npm package it has, ' + ts.version + ', offers neither the ' +
+          'transpileModule API of 5.x and 6.x nor the native compiler of 7.x' });
       process.exit(1);
     }
     globalThis.exports = {};
