@@ -54,8 +54,11 @@ EOF_AFTER_EXIT = 5.0
 MARKER = b"OSB:"
 
 # $1 = working directory ("" keeps the container's), $2 = 1 to merge stderr, $3 = the tag
-# of the exit line, then argv. Past the handshake, fd 3 is the exec's stderr, fd 4 the
-# command's stdout pipe, and the plumbing's own stderr (a shell's "Terminated") goes nowhere.
+# of the exit line, then argv. The plumbing ignores the interrupting signals, fd 3 is the
+# exec's stderr, fd 4 the command's stdout pipe, and the plumbing's own stderr (a shell's
+# "Terminated") goes nowhere. The piped handshake comes from the command's own subshell once
+# it takes signals again, so a signal sent to the group as soon as the pid is known is never
+# lost to the plumbing's ignoring it.
 WRAPPER = r"""
 if [ -n "$1" ] && ! cd -- "$1" 2>/dev/null; then echo "OSB:nocwd" >&2; exit 127; fi
 merge=$2; tag=$3; shift 3
@@ -68,14 +71,14 @@ if ! command -v cat >/dev/null 2>&1; then
   if [ "$merge" = 1 ]; then exec "$@" 2>&1; fi
   exec "$@"
 fi
-echo "OSB:pid $$ piped" >&2
 trap '' INT TERM HUP QUIT
 exec 3>&2 2>/dev/null
 if [ "$merge" = 1 ]; then
-  { (trap - INT TERM HUP QUIT; exec "$@") 2>&1 3>&-
+  { (trap - INT TERM HUP QUIT; echo "OSB:pid $$ piped" >&3; exec "$@" 3>&-) 2>&1
     printf '\000\000OSB:exit %s %s\n' "$tag" "$?"; } | cat 3>&-
 else
-  { { (trap - INT TERM HUP QUIT; exec "$@") 2>&1 1>&4 3>&- 4>&-
+  { { (trap - INT TERM HUP QUIT; echo "OSB:pid $$ piped" >&3; exec "$@" 3>&- 4>&-) \
+        2>&1 1>&4
       rc=$?
       printf '\000\000OSB:exit %s %s\n' "$tag" "$rc" >&4
       printf '\000\000OSB:exit %s %s\n' "$tag" "$rc"; } | cat 1>&3 3>&- 4>&-
