@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -109,9 +110,26 @@ def encode_text_events(event_type: str, texts: Iterable[bytes], timestamp: int) 
     ).encode()
 
 
+def encode_text_lines(event_type: str, block: bytes, timestamp: int) -> bytes:
+    """The frames of `encode_text_events(event_type, block.splitlines(), timestamp)`: one
+    event per non-empty line of `block`. For plain ASCII ended by `\\n` with no empty line
+    (most output) they are built by one `replace` over the whole block, with no bytes object
+    per line; anything else takes the line-by-line way."""
+    if not block:
+        return b""
+    if (block[0] != 0x0A and not block.translate(None, _PLAIN_BYTES)
+            and _EMPTY_LINE.search(block) is None):
+        head = ('{"type":' + _encode_string(event_type) + ',"text":"').encode()
+        tail = f'","timestamp":{timestamp}}}\n\n'.encode()
+        body = block[:-1] if block[-1] == 0x0A else block
+        return b"".join((head, body.replace(b"\n", tail + head), tail))
+    return encode_text_events(event_type, block.splitlines(), timestamp)
+
+
 # Bytes that neither JSON escaping nor UTF-8 decoding changes, plus the `\n` that joins the
 # lines above for one check (deleting them leaves exactly the bytes that need care).
 _PLAIN_BYTES = bytes(b for b in range(0x20, 0x7F) if b not in b'"\\') + b"\n"
+_EMPTY_LINE = re.compile(rb"\n\n")
 
 
 # --- the events execd sends --------------------------------------------------------------
