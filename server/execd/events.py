@@ -238,10 +238,13 @@ class EventStreamResponse(Response):
                     break
                 finally:
                     pending = None
-                await self._send(send, item)
                 if next_ping is None:
-                    await self._send(send, ping_event(epoch_ms(self.clock.now())))
+                    # `init` and the ping that follows it go out in one write.
+                    await self._send(send, _encoded(item)
+                                     + ping_event(epoch_ms(self.clock.now())).encode())
                     next_ping = loop.time() + self.ping_interval
+                else:
+                    await self._send(send, item)
         finally:
             stopping.cancel()
             if pending is not None:
@@ -252,9 +255,13 @@ class EventStreamResponse(Response):
 
     @staticmethod
     async def _send(send: Send, item: Event | bytes) -> None:
-        body = item.encode() if isinstance(item, Event) else item
+        body = _encoded(item)
         if body:
             await send({"type": "http.response.body", "body": body, "more_body": True})
+
+
+def _encoded(item: Event | bytes) -> bytes:
+    return item.encode() if isinstance(item, Event) else item
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:
