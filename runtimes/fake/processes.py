@@ -59,11 +59,13 @@ def output_pipe() -> tuple[int, int]:
     """(read end, write end) of a pipe for a process's output, its buffer widened to
     `OUTPUT_PIPE_BYTES`: a process that prints fast is then read in large chunks, each
     costing the server one read and one framing instead of four. The bound stays the
-    pipe's: a writer nobody reads waits once it is full. Where the kernel refuses the size
-    (a user over its pipe quota), the pipe keeps its default."""
+    pipe's: a writer nobody reads waits once it is full. Only a server run as root widens
+    them: a user's pipes share a quota of pages (`fs.pipe-user-pages-soft`), past which
+    the kernel gives every new pipe of that user a single page."""
     read_end, write_end = os.pipe()
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(read_end, fcntl.F_SETPIPE_SZ, OUTPUT_PIPE_BYTES)
+    if os.geteuid() == 0:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(read_end, fcntl.F_SETPIPE_SZ, OUTPUT_PIPE_BYTES)
     return read_end, write_end
 
 
