@@ -168,7 +168,9 @@ class EventSource(Protocol):
 
     `aclose()` is called exactly once when the stream ends for any reason (finished,
     client gone, server stopping), even if iteration never started, so the source can
-    release what it holds."""
+    release what it holds. A source may also have an `ended` attribute that turns true
+    once the item it just gave was its last: the stream then ends without asking for
+    another."""
 
     def __aiter__(self) -> AsyncIterator[Event | bytes]: ...
 
@@ -245,6 +247,8 @@ class EventStreamResponse(Response):
                     next_ping = loop.time() + self.ping_interval
                 else:
                     await self._send(send, item)
+                if getattr(self.source, "ended", False):
+                    break
         finally:
             stopping.cancel()
             if pending is not None:

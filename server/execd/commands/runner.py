@@ -193,6 +193,7 @@ class ForegroundEvents:
     def __init__(self, command: Command, channel: Channel):
         self.command = command
         self.channel = channel
+        self.ended = False  # the terminal event went out: the stream needs nothing more
         self._iterator: AsyncIterator[Event | bytes] | None = None
 
     def __aiter__(self) -> AsyncIterator[Event | bytes]:
@@ -223,6 +224,7 @@ class ForegroundEvents:
                     if rest:
                         frames.append(encode_text_events(name, [rest], stamps[name]))
                 frames.append(item[1].encode())
+                self.ended = True
                 yield b"".join(frames)
                 return
             block = b"".join(frames)
