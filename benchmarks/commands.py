@@ -11,12 +11,16 @@ in one run:
   with no server in the way, the same command in a fresh `bwrap` (what each command cost
   when every process was its own bubblewrap) and through `runc exec` into the sandbox
   (what it would cost as an OCI exec rather than a fork by the sandbox's init);
+- the same `echo hi` over raw HTTP from 10 clients at once, each on a sandbox of its own
+  (10 processes, so the clients do not share a GIL), beside 10 bare `subprocess.run` loops
+  at once: median and p99 of every round trip;
 - the PTY echo round trip: one key typed into a shell on the sandbox's terminal over the
   WebSocket until its echo comes back, beside the same over a local pseudo-terminal pair
   with no server (`os.openpty`, the kernel's echo);
 - stdout throughput of a foreground command printing `head -c 200M /dev/zero | base64`
-  through the event stream (raw HTTP, read to the end), against the same command into a
-  pipe on this host;
+  through the event stream, read to the end by a plain-socket HTTP/1.1 client (which
+  costs little, so the server is what is measured) and by httpx, against the same
+  command into a pipe on this host;
 - the server's resident memory while a background command prints 1 GB into its bounded
   log: idle RSS, the highest RSS sampled during the run, and the kernel's high-water mark
   (VmHWM, reset just before the run).
@@ -26,19 +30,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import select
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
 import httpx
 from baselines import bubblewrap, runc_exec
-from common import RssSampler, measure, memory_mib, start_server, summary
+from common import RssSampler, measure, memory_mib, percentile, start_server, summary
 from opensandbox import Sandbox
 from opensandbox.config import ConnectionConfig
 
@@ -131,6 +138,30 @@ def subprocess_round_trips(runs: int, prefix: list[str] | None = None) -> list[f
     return measure(once, runs)
 
 
+# --- many clients at once ------------------------------------------------------------------
+
+CLIENTS = 10
+
+
+def _raw_client(base: str, runs: int) -> list[float]:
+    return raw_round_trips(base, runs)
+
+
+def _bare_client(runs: int) -> list[float]:
+    return subprocess_round_trips(runs)
+
+
+def concurrent_round_trips(bases: list[str], runs: int) -> tuple[list[float], list[float]]:
+    """(every round trip of `len(bases)` raw HTTP clients at once, each on its own
+    sandbox; every round trip of as many bare `subprocess.run` loops at once)."""
+    with ProcessPoolExecutor(len(bases)) as pool:
+        served = [sample for samples in pool.map(_raw_client, bases, [runs] * len(bases))
+                  for sample in samples]
+        bare = [sample for samples in pool.map(_bare_client, [runs] * len(bases))
+                for sample in samples]
+    return served, bare
+
+
 # --- throughput ----------------------------------------------------------------------------
 
 
@@ -146,8 +177,58 @@ def pipe_throughput(command: str) -> tuple[int, float]:
     return total, time.perf_counter() - start
 
 
+def socket_stream_throughput(server: ServerProcess, sandbox_id: str,
+                             command: str) -> tuple[int, float]:
+    """(event-stream bytes, seconds) of `command` run in the foreground, read to the end by
+    a plain-socket HTTP/1.1 client: one request, then the chunked body taken apart in
+    large reads, with nothing done per event."""
+    body = json.dumps({"command": command}).encode()
+    request = (f"POST /{sandbox_id}/44772/command HTTP/1.1\r\nHost: {server.host}:"
+               f"{server.gateway_port}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    start = time.perf_counter()
+    total = 0
+    tail = b""
+    with socket.create_connection((server.host, server.gateway_port)) as sock:
+        sock.sendall(request)
+        buffer = bytearray()
+        while b"\r\n\r\n" not in buffer:
+            buffer += sock.recv(65536)
+        head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower(), head
+        buffer = bytearray(rest)
+        position = 0
+
+        def need(count: int) -> None:
+            nonlocal buffer, position
+            while len(buffer) - position < count:
+                if position > 1 << 20:
+                    del buffer[:position]
+                    position = 0
+                data = sock.recv(1 << 20)
+                assert data, "the stream ended before its last chunk"
+                buffer += data
+
+        while True:
+            while (line_end := buffer.find(b"\r\n", position)) < 0:
+                need(len(buffer) - position + 1)
+            size = int(buffer[position:line_end], 16)
+            position = line_end + 2
+            if size == 0:
+                break
+            need(size + 2)
+            total += size
+            end = position + size
+            tail = (tail + bytes(buffer[max(position, end - 512):end]))[-512:]
+            position = end + 2
+    elapsed = time.perf_counter() - start
+    assert b"execution_complete" in tail, tail
+    return total, elapsed
+
+
 def stream_throughput(base: str, command: str) -> tuple[int, float]:
-    """(event-stream bytes, seconds) of `command` run in the foreground, read to the end."""
+    """(event-stream bytes, seconds) of `command` run in the foreground, read to the end
+    by httpx."""
     start = time.perf_counter()
     total = 0
     tail = b""
@@ -186,6 +267,28 @@ def background_memory(server: ServerProcess, base: str, megabytes: int) -> dict[
 
 
 # --- main ----------------------------------------------------------------------------------
+
+
+def ratio(samples: list[float], baseline: list[float], fraction: float | None = None) -> str:
+    """How many times the baseline's median (or its `fraction` percentile) `samples`' is."""
+    if fraction is None:
+        return f"{statistics.median(samples) / statistics.median(baseline):.1f}x"
+    return f"{percentile(samples, fraction) / percentile(baseline, fraction):.1f}x"
+
+
+def create_sandbox(server: ServerProcess) -> str:
+    """A sandbox made over raw HTTP, once its execd answers."""
+    created = httpx.post(f"{server.url}/v1/sandboxes", timeout=60, json={
+        "image": {"uri": server.image}, "entrypoint": ["sleep", "infinity"],
+        "timeout": 600, "resourceLimits": {}})
+    created.raise_for_status()
+    sandbox_id = created.json()["id"]
+    base = execd_url(server, sandbox_id)
+    for _ in range(200):
+        if httpx.get(f"{base}/ping", timeout=10).status_code == 200:
+            break
+        time.sleep(0.05)
+    return sandbox_id
 
 
 def main() -> int:
@@ -239,10 +342,19 @@ def run(server: ServerProcess, args: argparse.Namespace, workdir: str) -> None:
         print(f"  runc exec into the sandbox      "
               f"{summary(measure(exec_into, min(args.runs, 100)), width=7)}"
               "   (no server: a command as an OCI exec)")
-    print(f"  overhead: SDK {statistics.median(sdk) / statistics.median(bare):.1f}x, "
-          f"raw HTTP {statistics.median(raw) / statistics.median(bare):.1f}x, "
-          f"session run {statistics.median(session) / statistics.median(bare):.1f}x the "
-          "bare subprocess\n")
+    print(f"  overhead: SDK {ratio(sdk, bare)}, raw HTTP {ratio(raw, bare)}, session run "
+          f"{ratio(session, bare)} the bare subprocess (medians; p99: SDK "
+          f"{ratio(sdk, bare, 0.99)}, raw HTTP {ratio(raw, bare, 0.99)})\n")
+
+    bases = [base] + [execd_url(server, create_sandbox(server)) for _ in range(CLIENTS - 1)]
+    served, bare_many = concurrent_round_trips(bases, max(20, args.runs // 2))
+    print(f"round trip of `echo hi` from {CLIENTS} clients at once, each on its own sandbox")
+    print(f"  raw HTTP POST /command          {summary(served, width=7)}")
+    print(f"  bare subprocess.run (baseline)  {summary(bare_many, width=7)}")
+    print(f"  overhead: raw HTTP {ratio(served, bare_many)} the bare subprocess (medians; "
+          f"p99 {ratio(served, bare_many, 0.99)})\n")
+    for other in bases[1:]:
+        httpx.delete(f"{server.url}/v1/sandboxes/{other.rsplit('/', 2)[-2]}", timeout=30)
 
     typed = pty_echo_round_trips(base, args.runs)
     local = local_pty_round_trips(args.runs)
@@ -252,12 +364,17 @@ def run(server: ServerProcess, args: argparse.Namespace, workdir: str) -> None:
 
     command = f"head -c {args.stream_mb}M /dev/zero | base64"
     stdout_bytes, pipe_seconds = pipe_throughput(command)
-    wire_bytes, stream_seconds = stream_throughput(base, command)
-    print(f"stdout throughput of `{command}` ({stdout_bytes / 1e6:.0f} MB of stdout)")
-    print(f"  event stream (raw HTTP)         {stdout_bytes / 1e6 / stream_seconds:8.1f} MB/s "
-          f"of stdout ({wire_bytes / 1e6:.0f} MB of events in {stream_seconds:.2f} s)")
-    print(f"  pipe on this host (baseline)    {stdout_bytes / 1e6 / pipe_seconds:8.1f} MB/s "
-          f"({pipe_seconds:.2f} s)\n")
+    wire_bytes, socket_seconds = socket_stream_throughput(server, sandbox_id, command)
+    _, httpx_seconds = stream_throughput(base, command)
+    pipe_rate = stdout_bytes / 1e6 / pipe_seconds
+    print(f"stdout throughput of `{command}` ({stdout_bytes / 1e6:.0f} MB of stdout, "
+          f"{wire_bytes / 1e6:.0f} MB of events)")
+    for name, seconds in (("event stream, plain socket", socket_seconds),
+                          ("event stream, httpx", httpx_seconds)):
+        rate = stdout_bytes / 1e6 / seconds
+        print(f"  {name:<31} {rate:8.1f} MB/s of stdout ({seconds:.2f} s; "
+              f"{rate / pipe_rate:.0%} of the pipe)")
+    print(f"  pipe on this host (baseline)    {pipe_rate:8.1f} MB/s ({pipe_seconds:.2f} s)\n")
 
     memory = background_memory(server, base, args.background_mb)
     print(f"server memory while a background command prints {args.background_mb} MB "

@@ -10,7 +10,11 @@ of `tests/docker/build-images.sh`) and measures, through the official Python SDK
   engine used to make seconds slower (see runtimes/docker/processes.py).
 Beside each, in the same run, the same thing with the Docker CLI: `docker run -d` plus the
 first `docker exec … echo hi`, and a `docker exec … echo hi` alone. The CLI is the floor a
-user would compare with (it has no HTTP API, no SDK and no health check in its way).
+user would compare with (it has no HTTP API, no SDK and no health check in its way). The
+round trip is also set beside the Docker SDK's own `exec_run(["sh", "-c", "echo hi"])` on
+a container of the same image (what a program that drives Docker itself pays: one exec
+created, started and read to its end, and inspected for its exit code), and timed over raw
+HTTP (`POST /command`) as well as through the OpenSandbox SDK.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from tests.helpers.docker_engine import (  # noqa: E402
     docker_sections,
     remove_docker_sandboxes,
 )
-from tests.helpers.servers import ServerProcess, launch  # noqa: E402
+from tests.helpers.servers import ServerProcess, execd_url, launch  # noqa: E402
 
 # A few samples each: p90 rather than p99.
 report = functools.partial(common.report, fraction=0.9)
@@ -105,8 +109,34 @@ def main() -> None:
             if [m.text for m in execution.logs.stdout] != ["hi"]:
                 raise SystemExit(f"echo hi gave {execution}")
 
+        import docker as docker_sdk  # the Docker SDK (this script's own name is shadowed)
+        import httpx
+
+        engine = docker_sdk.from_env()
+        target = engine.containers.get(container)
+
+        def exec_run() -> None:
+            result = target.exec_run(["sh", "-c", "echo hi"])
+            if result.exit_code != 0 or result.output != b"hi\n":
+                raise SystemExit(f"exec_run gave {result}")
+
+        sdk_exec = measure(exec_run, args.commands, warmup=2)
+        report("baseline: Docker SDK exec_run(sh -c 'echo hi')", sdk_exec)
+        engine.close()
         sdk_echo = measure(echo, args.commands, warmup=2)
         report("SDK commands.run('echo hi')", sdk_echo, cli_echo)
+        report("  the same, against exec_run", sdk_echo, sdk_exec)
+        base = execd_url(server, sandbox.id)
+        with httpx.Client(timeout=60) as client:
+            def raw_echo() -> None:
+                with client.stream("POST", f"{base}/command",
+                                   json={"command": "echo hi"}) as response:
+                    body = response.read()
+                if b'"text":"hi"' not in body or b"execution_complete" not in body:
+                    raise SystemExit(f"POST /command gave {body!r}")
+
+            raw = measure(raw_echo, args.commands, warmup=2)
+        report("raw HTTP POST /command 'echo hi'", raw, sdk_exec)
         after_child = []
         for _ in range(max(3, args.commands // 5)):
             sandbox.commands.run("sleep 300 &")

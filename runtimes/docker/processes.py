@@ -319,14 +319,21 @@ class ExecProcess(SandboxProcess):
         """The wrapper's exit line says when the command ended. Without one (the command
         and its plumbing were killed, or the image has no `cat`) the exec API is asked:
         it has no "wait", so `exec inspect` is polled, at once when the output ends and
-        with a growing interval while a command runs on."""
+        with a growing interval while a command runs on (the first time only after one
+        interval: most commands' exit lines come before that, and an inspect costs the
+        engine as much as a small exec's round trip)."""
         interval = 0.02
         code: int | None = None
         pump = self._pump
+        first = True
         while not self._killed_while_paused.is_set():
             if pump.exit_status is not None:
                 code = pump.exit_status
                 break
+            if first and not pump.eof.is_set():
+                first = False
+                await self._wait_for_output(interval)
+                continue
             info = await self._inspect()
             if not info:  # the container (and so the exec) is gone
                 code = 128 + signals.SIGKILL
@@ -341,15 +348,7 @@ class ExecProcess(SandboxProcess):
                         continue
                 code = int(info["ExitCode"])  # type: ignore[call-overload]
                 break
-            pump.exit_seen.clear()
-            if pump.exit_status is not None:
-                continue
-            waits = {asyncio.ensure_future(pump.eof.wait()),
-                     asyncio.ensure_future(pump.exit_seen.wait()),
-                     asyncio.ensure_future(self._killed_while_paused.wait())}
-            await asyncio.wait(waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
-            for waiting in waits:
-                waiting.cancel()
+            await self._wait_for_output(interval)
             interval = 0.02 if pump.eof.is_set() else min(interval * 2, 1.0)
         if code is None or (self._signalled is not None and code == 128 + self._signalled):
             status = ExitStatus(signal=self._signalled or signals.SIGKILL)
@@ -358,6 +357,20 @@ class ExecProcess(SandboxProcess):
         self._status = status
         self._on_exit(self)
         return status
+
+    async def _wait_for_output(self, seconds: float) -> None:
+        """Until the exit line or the end of the output comes (or a kill of a paused
+        sandbox), at most `seconds`."""
+        pump = self._pump
+        pump.exit_seen.clear()
+        if pump.exit_status is not None:
+            return
+        waits = {asyncio.ensure_future(pump.eof.wait()),
+                 asyncio.ensure_future(pump.exit_seen.wait()),
+                 asyncio.ensure_future(self._killed_while_paused.wait())}
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in waits:
+            waiting.cancel()
 
     async def signal_group(self, sig: int) -> None:
         if sig in (signals.SIGKILL, signals.SIGTERM, signals.SIGINT, signals.SIGHUP):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import signal
 import time
@@ -30,8 +31,6 @@ from opensandbox_emulator.runtimes.base import (
     SandboxProcess,
 )
 from opensandbox_emulator.runtimes.fake.control import InitChannel
-
-PIPE_LIMIT = 64 * 1024  # per-stream read buffer; past it the pipe pushes back on the writer
 
 
 class PipeInput:
@@ -53,13 +52,74 @@ class PipeInput:
             await self._writer.wait_closed()
 
 
-async def read_pipe(fd: int) -> asyncio.StreamReader:
-    """An asyncio reader over the read end `fd` of a pipe (owned by it from now on)."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=PIPE_LIMIT, loop=loop)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop),
-                                 os.fdopen(fd, "rb", buffering=0))
-    return reader
+OUTPUT_PIPE_BYTES = 256 * 1024  # the kernel's buffer of an output pipe (the default: 64 KiB)
+
+
+def output_pipe() -> tuple[int, int]:
+    """(read end, write end) of a pipe for a process's output, its buffer widened to
+    `OUTPUT_PIPE_BYTES`: a process that prints fast is then read in large chunks, each
+    costing the server one read and one framing instead of four. The bound stays the
+    pipe's: a writer nobody reads waits once it is full. Only a server run as root widens
+    them: a user's pipes share a quota of pages (`fs.pipe-user-pages-soft`), past which
+    the kernel gives every new pipe of that user a single page."""
+    read_end, write_end = os.pipe()
+    if os.geteuid() == 0:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(read_end, fcntl.F_SETPIPE_SZ, OUTPUT_PIPE_BYTES)
+    return read_end, write_end
+
+
+class PipeOutput:
+    """The read end of a process's pipe as a `ProcessOutput`: each read is one read(2) of
+    what the pipe holds, straight into the bytes returned. There is no buffer of ours in
+    between: the pipe's own (64 KiB) is the bound, and while nobody reads, the writer
+    waits on it (backpressure), as it would on any pipe. The descriptor is closed at the
+    end of the stream, or when this object is dropped."""
+
+    def __init__(self, fd: int):
+        os.set_blocking(fd, False)
+        self._fd = fd
+        self._loop = asyncio.get_running_loop()
+
+    async def read(self, max_bytes: int) -> bytes:
+        while self._fd >= 0:
+            try:
+                data = os.read(self._fd, max_bytes)
+            except BlockingIOError:
+                await self._readable()
+                continue
+            if not data:
+                self.close()
+            return data
+        return b""
+
+    async def _readable(self) -> None:
+        fd = self._fd
+        ready: asyncio.Future[None] = self._loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        self._loop.add_reader(fd, wake)
+        try:
+            await ready
+        finally:
+            self._loop.remove_reader(fd)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+async def read_pipe(fd: int) -> PipeOutput:
+    """A reader over the read end `fd` of a pipe (owned by it from now on)."""
+    return PipeOutput(fd)
 
 
 class _WriteProtocol(asyncio.streams.FlowControlMixin):

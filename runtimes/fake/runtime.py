@@ -34,6 +34,7 @@ from opensandbox_emulator.runtimes.base import (
     EntrypointOutput,
     ExitStatus,
     Phase,
+    ProcessOutput,
     ResourceUsage,
     Runtime,
     RuntimeStatus,
@@ -82,10 +83,10 @@ from opensandbox_emulator.runtimes.fake.layout import Mount
 from opensandbox_emulator.runtimes.fake.oci import Resources
 from opensandbox_emulator.runtimes.fake.offered import OfferedFiles
 from opensandbox_emulator.runtimes.fake.processes import (
-    PIPE_LIMIT,
     InitProcess,
     descendants,
     in_namespace_of,
+    output_pipe,
     read_pipe,
     sample,
     write_pipe,
@@ -100,6 +101,7 @@ log = logging.getLogger("opensandbox.runtime.fake")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ENTRYPOINT_OUTPUT_BYTES = 1024 * 1024  # the newest output of an entrypoint kept, for diagnostics
 DEFAULT_PIDS_LIMIT = 512
+READ_SIZE = 64 * 1024  # bytes of an entrypoint's output read at once
 # Files of /etc that name the sandbox: a restored sandbox keeps its own, not its source's.
 IDENTITY_FILES = ("hostname", "hosts", "resolv.conf")
 
@@ -292,11 +294,11 @@ class FakeRuntime(Runtime):
 
         # The entrypoint's output is read as it comes (so it never blocks on a pipe) and its
         # newest bytes kept for diagnostics.
-        async def drain(stream: asyncio.StreamReader | None) -> None:
+        async def drain(stream: ProcessOutput | None) -> None:
             if stream is None:
                 return
             with contextlib.suppress(OSError, ValueError):
-                while chunk := await stream.read(PIPE_LIMIT):
+                while chunk := await stream.read(READ_SIZE):
                     sandbox.output.write(chunk)
 
         # Record the exit as soon as the entrypoint itself ends: a child it left running may
@@ -347,8 +349,8 @@ class FakeRuntime(Runtime):
         if tty is not None:
             in_r, out_w, err_w = tty.slave_copies()
         else:
-            out_r, out_w = os.pipe()
-            err_r, err_w = os.pipe() if not request.merge_stderr else (None, None)
+            out_r, out_w = output_pipe()
+            err_r, err_w = output_pipe() if not request.merge_stderr else (None, None)
             in_r, in_w = os.pipe() if request.stdin else (None, None)
             ours = [fd for fd in (out_r, err_r, in_w) if fd is not None]
         box = sandbox.box

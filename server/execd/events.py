@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -109,9 +110,26 @@ def encode_text_events(event_type: str, texts: Iterable[bytes], timestamp: int) 
     ).encode()
 
 
+def encode_text_lines(event_type: str, block: bytes, timestamp: int) -> bytes:
+    """The frames of `encode_text_events(event_type, block.splitlines(), timestamp)`: one
+    event per non-empty line of `block`. For plain ASCII ended by `\\n` with no empty line
+    (most output) they are built by one `replace` over the whole block, with no bytes object
+    per line; anything else takes the line-by-line way."""
+    if not block:
+        return b""
+    if (block[0] != 0x0A and not block.translate(None, _PLAIN_BYTES)
+            and _EMPTY_LINE.search(block) is None):
+        head = ('{"type":' + _encode_string(event_type) + ',"text":"').encode()
+        tail = f'","timestamp":{timestamp}}}\n\n'.encode()
+        body = block[:-1] if block[-1] == 0x0A else block
+        return b"".join((head, body.replace(b"\n", tail + head), tail))
+    return encode_text_events(event_type, block.splitlines(), timestamp)
+
+
 # Bytes that neither JSON escaping nor UTF-8 decoding changes, plus the `\n` that joins the
 # lines above for one check (deleting them leaves exactly the bytes that need care).
 _PLAIN_BYTES = bytes(b for b in range(0x20, 0x7F) if b not in b'"\\') + b"\n"
+_EMPTY_LINE = re.compile(rb"\n\n")
 
 
 # --- the events execd sends --------------------------------------------------------------
@@ -150,7 +168,9 @@ class EventSource(Protocol):
 
     `aclose()` is called exactly once when the stream ends for any reason (finished,
     client gone, server stopping), even if iteration never started, so the source can
-    release what it holds."""
+    release what it holds. A source may also have an `ended` attribute that turns true
+    once the item it just gave was its last: the stream then ends without asking for
+    another."""
 
     def __aiter__(self) -> AsyncIterator[Event | bytes]: ...
 
@@ -220,10 +240,15 @@ class EventStreamResponse(Response):
                     break
                 finally:
                     pending = None
-                await self._send(send, item)
                 if next_ping is None:
-                    await self._send(send, ping_event(epoch_ms(self.clock.now())))
+                    # `init` and the ping that follows it go out in one write.
+                    await self._send(send, _encoded(item)
+                                     + ping_event(epoch_ms(self.clock.now())).encode())
                     next_ping = loop.time() + self.ping_interval
+                else:
+                    await self._send(send, item)
+                if getattr(self.source, "ended", False):
+                    break
         finally:
             stopping.cancel()
             if pending is not None:
@@ -234,9 +259,13 @@ class EventStreamResponse(Response):
 
     @staticmethod
     async def _send(send: Send, item: Event | bytes) -> None:
-        body = item.encode() if isinstance(item, Event) else item
+        body = _encoded(item)
         if body:
             await send({"type": "http.response.body", "body": body, "more_body": True})
+
+
+def _encoded(item: Event | bytes) -> bytes:
+    return item.encode() if isinstance(item, Event) else item
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

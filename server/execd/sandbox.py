@@ -79,8 +79,10 @@ class ExecdHub:
             await sandbox.close()
 
 
-def current_sandbox(connection: HTTPConnection) -> ExecdSandbox:
-    """FastAPI dependency: the sandbox this execd request was routed to."""
+async def current_sandbox(connection: HTTPConnection) -> ExecdSandbox:
+    """FastAPI dependency: the sandbox this execd request was routed to. A coroutine, so
+    FastAPI calls it on the event loop: a plain function would cost every request a trip
+    through its thread pool."""
     sandbox = connection.scope.get(SCOPE_KEY)
     if not isinstance(sandbox, ExecdSandbox):
         raise RuntimeError("execd request reached the app without a sandbox in its scope")

@@ -54,6 +54,10 @@ class LogBuffer:
             self._chunks.append(bytes(data[-self.capacity:]))
             self._start = self._end - self.capacity
             return
+        if not self._tail and len(data) >= self.chunk_size and isinstance(data, bytes):
+            self._chunks.append(data)  # a chunk of its own as it is: no copy
+            self._trim()
+            return
         self._tail += data
         if len(self._tail) >= self.chunk_size:
             self._chunks.append(bytes(self._tail))

@@ -40,14 +40,16 @@ from opensandbox_emulator.server.execd.events import (
     Event,
     complete_event,
     encode_text_events,
+    encode_text_lines,
     error_event,
     init_event,
 )
 
 log = logging.getLogger("opensandbox.execd.commands")
 
-READ_SIZE = 64 * 1024  # bytes a pump asks for at once
+READ_SIZE = 256 * 1024  # bytes a pump asks for at once (a fake sandbox's pipe holds as much)
 CHANNEL_SLOTS = 4  # chunks in flight between the pumps and a slow stream
+CHANNEL_BYTES = 256 * 1024  # ... and at most this many bytes of them
 LINE_LIMIT = 1024 * 1024  # a line longer than this is streamed in pieces
 DRAIN_IDLE = 0.05  # after exit: a pipe silent this long is considered drained
 DRAIN_MAX = 2.0  # after exit: stop waiting for children that keep writing
@@ -79,26 +81,31 @@ def now_ns(clock: Clock) -> int:
 
 class Channel:
     """A small bounded queue between the pumps and one event stream. `put` waits while it
-    is full (backpressure) and returns False once the reader has closed it."""
+    is full (backpressure) and returns False once the reader has closed it. It is full at
+    `capacity` items, or at `byte_limit` bytes of them (each `put` says its item's size)."""
 
-    def __init__(self, capacity: int = CHANNEL_SLOTS):
-        self._items: deque[Any] = deque()
+    def __init__(self, capacity: int = CHANNEL_SLOTS, byte_limit: int | None = None):
+        self._items: deque[tuple[Any, int]] = deque()
         self._capacity = capacity
+        self._byte_limit = byte_limit
+        self._bytes = 0
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
         self.closed = False
 
     def full(self) -> bool:
-        return len(self._items) >= self._capacity
+        return len(self._items) >= self._capacity or (
+            self._byte_limit is not None and self._bytes >= self._byte_limit)
 
-    async def put(self, item: Any) -> bool:
+    async def put(self, item: Any, size: int = 0) -> bool:
         while not self.closed and self.full():
             self._writable.clear()
             await self._writable.wait()
         if self.closed:
             return False
-        self._items.append(item)
+        self._items.append((item, size))
+        self._bytes += size
         self._readable.set()
         return True
 
@@ -109,13 +116,29 @@ class Channel:
                 return None
             self._readable.clear()
             await self._readable.wait()
-        item = self._items.popleft()
+        item, size = self._items.popleft()
+        self._bytes -= size
         self._writable.set()
         return item
+
+    async def take(self) -> list[Any]:
+        """Every item queued (at least one, waiting for it), or [] once closed: a reader
+        that fell behind catches up in one step."""
+        while not self._items:
+            if self.closed:
+                return []
+            self._readable.clear()
+            await self._readable.wait()
+        items = [item for item, _ in self._items]
+        self._items.clear()
+        self._bytes = 0
+        self._writable.set()
+        return items
 
     def close(self) -> None:
         self.closed = True
         self._items.clear()
+        self._bytes = 0
         self._writable.set()
         self._readable.set()
 
@@ -128,18 +151,16 @@ class LineSplitter:
         self.limit = limit
         self._partial = b""
 
-    def feed(self, chunk: bytes) -> list[bytes]:
+    def feed(self, chunk: bytes) -> bytes:
+        """The complete lines that `chunk` ends (with what was held before it), as one
+        block that still has its terminators; the rest is held."""
         data = self._partial + chunk if self._partial else chunk
-        # bytes.splitlines breaks at \n, \r and \r\n only (ASCII line boundaries).
-        lines = data.splitlines()
-        if data.endswith((b"\n", b"\r")) or not lines:
+        cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+        self._partial = data[cut:]
+        if len(self._partial) > self.limit:
             self._partial = b""
-        else:
-            self._partial = lines.pop()
-            if len(self._partial) > self.limit:
-                lines.append(self._partial)
-                self._partial = b""
-        return lines
+            return data
+        return data[:cut] if cut < len(data) else data
 
     def flush(self) -> bytes:
         rest, self._partial = self._partial, b""
@@ -172,6 +193,7 @@ class ForegroundEvents:
     def __init__(self, command: Command, channel: Channel):
         self.command = command
         self.channel = channel
+        self.ended = False  # the terminal event went out: the stream needs nothing more
         self._iterator: AsyncIterator[Event | bytes] | None = None
 
     def __aiter__(self) -> AsyncIterator[Event | bytes]:
@@ -184,24 +206,30 @@ class ForegroundEvents:
         splitters = {"stdout": LineSplitter(), "stderr": LineSplitter()}
         stamps = {"stdout": 0, "stderr": 0}
         while True:
-            item = await self.channel.get()
-            if item is None:  # the command was dropped (its sandbox is going away)
-                item = ("end", self.command.terminal)
-                if item[1] is None:
+            # Whatever the pumps queued meanwhile goes out as one write.
+            items = await self.channel.take()
+            if not items:  # the command was dropped (its sandbox is going away)
+                if self.command.terminal is None:
                     return
-            if item[0] == "out":
-                _, name, chunk, stamp = item
-                stamps[name] = stamp
-                lines = splitters[name].feed(chunk)
-                if lines:
-                    yield encode_text_events(name, lines, stamp)
-                continue
-            for name, splitter in splitters.items():
-                rest = splitter.flush()
-                if rest:
-                    yield encode_text_events(name, [rest], stamps[name])
-            yield item[1]
-            return
+                items = [("end", self.command.terminal)]
+            frames = []
+            for item in items:
+                if item[0] == "out":
+                    _, name, chunk, stamp = item
+                    stamps[name] = stamp
+                    frames.append(encode_text_lines(name, splitters[name].feed(chunk), stamp))
+                    continue
+                for name, splitter in splitters.items():
+                    rest = splitter.flush()
+                    if rest:
+                        frames.append(encode_text_events(name, [rest], stamps[name]))
+                frames.append(item[1].encode())
+                self.ended = True
+                yield b"".join(frames)
+                return
+            block = b"".join(frames)
+            if block:
+                yield block
 
     async def aclose(self) -> None:
         self.channel.close()
@@ -259,7 +287,7 @@ class Command:
         """Start pumping and supervising `process` (already spawned)."""
         self._process = process
         if not self.background:
-            self._channel = Channel()
+            self._channel = Channel(byte_limit=CHANNEL_BYTES)
         self._pumps["stdout"] = asyncio.create_task(self._pump(process.stdout, "stdout"))
         if process.stderr is not None:
             self._pumps["stderr"] = asyncio.create_task(self._pump(process.stderr, "stderr"))
@@ -287,7 +315,7 @@ class Command:
                 channel = self._channel
                 if channel is not None and self._forwarding:
                     stamp = epoch_ms(self.clock.now())
-                    if not await channel.put(("out", name, chunk, stamp)):
+                    if not await channel.put(("out", name, chunk, stamp), len(chunk)):
                         self.detach(channel)
         except (OSError, ValueError) as error:
             log.warning("command %s: reading its %s failed: %s", self.id, name, error)

@@ -15,7 +15,7 @@ from opensandbox_emulator.server.execd.errors import InvalidRequestBody
 from opensandbox_emulator.server.execd.sandbox import ExecdSandbox, current_sandbox
 
 
-def sandbox_files(sandbox: ExecdSandbox = Depends(current_sandbox)) -> SandboxFilesystem:  # noqa: B008
+async def sandbox_files(sandbox: ExecdSandbox = Depends(current_sandbox)) -> SandboxFilesystem:  # noqa: B008
     """FastAPI dependency: the filesystem of the sandbox this request is for."""
     return sandbox.runtime.filesystem(sandbox.sandbox_id)
 
