@@ -235,16 +235,7 @@ class Init:
         if pid == 0:
             _child(request, fds, err_w)  # never returns
         os.close(err_w)
-        report = b""
-        while True:
-            try:
-                chunk = os.read(err_r, 8)
-            except InterruptedError:
-                continue
-            if not chunk:
-                break
-            report += chunk
-        os.close(err_r)
+        report = _read_to_end(err_r)
         if len(report) >= 5:
             _quietly(os.waitpid, pid, 0)
             self.send(FAILED, ident, int.from_bytes(report[1:5], "little"), report[0])
@@ -299,16 +290,7 @@ class Init:
             os.close(err_w)
             if null is not None:
                 os.close(null)
-        report = b""
-        while True:
-            try:
-                chunk = os.read(err_r, 512)
-            except InterruptedError:
-                continue
-            if not chunk:
-                break
-            report += chunk
-        os.close(err_r)
+        report = _read_to_end(err_r)
         if report:
             _quietly(os.waitpid, pid, 0)
             kind, _, rest = report.partition(b":")
@@ -440,6 +422,22 @@ def _oom_score():
 
 def _set_oom_score(value):
     _quietly(os.pwrite, _OOM_SCORE[0], value, 0)
+
+
+def _read_to_end(fd):
+    """What a child reports on its error pipe before it executes (nothing once it did: the
+    pipe closes on exec), read until the pipe's end; `fd` is closed."""
+    report = b""
+    while True:
+        try:
+            chunk = os.read(fd, 512)
+        except InterruptedError:
+            continue
+        if not chunk:
+            break
+        report += chunk
+    os.close(fd)
+    return report
 
 
 def _child(request, fds, err_w):
