@@ -375,6 +375,13 @@ class Runtime(ABC):
         with `networkPolicy` is then refused with that reason)."""
         return f"the {self.name} runtime does not enforce egress policies"
 
+    def require_egress(self) -> None:
+        """Raise `EgressUnenforceable` (with `egress_problem()`'s reason) unless this
+        runtime enforces egress policies now."""
+        problem = self.egress_problem()
+        if problem is not None:
+            raise EgressUnenforceable(problem)
+
     def egress_health(self) -> dict[str, Any]:
         """What `/health` says about egress enforcement."""
         problem = self.egress_problem()
@@ -389,7 +396,8 @@ class Runtime(ABC):
         """Enforce `policy` on the sandbox from now on (new connections and DNS queries),
         starting enforcement if it had none. Raises `EgressUnenforceable`, `EgressFailed`
         (the previous policy then stays), `SandboxMissing`."""
-        raise EgressUnenforceable(self.egress_problem() or "not supported")
+        self.require_egress()
+        raise EgressUnenforceable("not supported")
 
     @abstractmethod
     async def usage(self, sandbox_id: str) -> ResourceUsage:

@@ -81,7 +81,6 @@ from opensandbox_emulator.runtimes.egress.enforcement import (
 )
 from opensandbox_emulator.runtimes.egress.policy import EgressPolicy
 from opensandbox_emulator.runtimes.failures import (
-    EgressUnenforceable,
     NetworkNotFound,
     PauseFailed,
     RemoveFailed,
@@ -223,8 +222,8 @@ class DockerRuntime(Runtime):
 
     async def create(self, spec: SandboxSpec) -> None:
         check_process_inputs(spec.entrypoint, spec.env)
-        if spec.network_policy is not None and self.egress_problem() is not None:
-            raise EgressUnenforceable(self.egress_problem() or "")
+        if spec.network_policy is not None:
+            self.require_egress()
         if spec.snapshot_id is not None:
             spec = replace(spec, image=await snapshots.require(self.engine, spec.snapshot_id))
         limits = parse_limits(spec.resource_limits)
@@ -362,9 +361,7 @@ class DockerRuntime(Runtime):
         if egress is not None:
             await egress.apply(policy)
         else:
-            problem = self.egress_problem()
-            if problem is not None:
-                raise EgressUnenforceable(problem)
+            self.require_egress()
             await self._enforce(sandbox_id, policy)
         await self.policies.set(sandbox_id, policy)
 
@@ -383,8 +380,7 @@ class DockerRuntime(Runtime):
         refuse what they refused (they outlived the server); only its names do not resolve
         until a policy change succeeds."""
         try:
-            if self.egress_problem() is not None:
-                raise EgressUnenforceable(self.egress_problem() or "")
+            self.require_egress()
             if (await self.inspect(sandbox_id)).phase in (Phase.RUNNING, Phase.PAUSED):
                 await self._enforce(sandbox_id, policy)
                 return

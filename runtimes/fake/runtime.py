@@ -52,7 +52,6 @@ from opensandbox_emulator.runtimes.egress.enforcement import (
 )
 from opensandbox_emulator.runtimes.egress.policy import EgressPolicy
 from opensandbox_emulator.runtimes.failures import (
-    EgressUnenforceable,
     EntrypointNotFound,
     ExecutableNotFound,
     InvalidArgument,
@@ -242,8 +241,8 @@ class FakeRuntime(Runtime):
             raise VolumesUnsupported("Volumes need isolation, which this server does not have "
                                      "(see GET /health); drop the volumes or give the server "
                                      "runc.")
-        if spec.network_policy is not None and self.egress_problem() is not None:
-            raise EgressUnenforceable(self.egress_problem() or "")
+        if spec.network_policy is not None:
+            self.require_egress()
         hostname = _hostname(spec.sandbox_id)
         try:
             box = await self._launcher.launch(LaunchRequest(
@@ -504,9 +503,7 @@ class FakeRuntime(Runtime):
         if sandbox.egress is not None:
             await sandbox.egress.apply(policy)
             return
-        problem = self.egress_problem()
-        if problem is not None:
-            raise EgressUnenforceable(problem)
+        self.require_egress()
         egress = await self.egress.attach(sandbox.box.network_namespace or "", policy)
         if self._sandboxes.get(sandbox_id) is not sandbox:  # deleted meanwhile
             await egress.close()

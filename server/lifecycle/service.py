@@ -22,7 +22,6 @@ from urllib.parse import parse_qsl
 
 from opensandbox_emulator.runtimes.base import Phase, Runtime, SandboxSpec, VolumeMount
 from opensandbox_emulator.runtimes.failures import (
-    EgressUnenforceable,
     RuntimeFailure,
     SandboxMissing,
     VolumeNotFound,
@@ -263,8 +262,8 @@ class SandboxService:
         volumes = check_create(request, max_timeout=self.config.server.max_sandbox_timeout_seconds,
                                allowed_host_paths=self.config.storage.allowed_host_paths)
         network_policy = check_network_policy(request)
-        if network_policy is not None and self.runtime.egress_problem() is not None:
-            raise EgressUnenforceable(self.runtime.egress_problem() or "")
+        if network_policy is not None:
+            self.runtime.require_egress()
         entrypoint = check_source(request)
         if request.snapshot_id is not None:
             assert self.snapshots is not None
