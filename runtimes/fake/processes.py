@@ -70,11 +70,11 @@ def output_pipe() -> tuple[int, int]:
 
 
 class PipeOutput:
-    """The read end of a process's pipe as a `ProcessOutput`: each read is one read(2) of
-    what the pipe holds, straight into the bytes returned. There is no buffer of ours in
-    between: the pipe's own (64 KiB) is the bound, and while nobody reads, the writer
-    waits on it (backpressure), as it would on any pipe. The descriptor is closed at the
-    end of the stream, or when this object is dropped."""
+    """The read end `fd` of a process's pipe as a `ProcessOutput` (it owns `fd` from now
+    on): each read is one read(2) of what the pipe holds, straight into the bytes returned.
+    There is no buffer of ours in between: the pipe's own (see `output_pipe`) is the bound,
+    and while nobody reads, the writer waits on it (backpressure), as it would on any pipe.
+    The descriptor is closed at the end of the stream, or when this object is dropped."""
 
     def __init__(self, fd: int):
         os.set_blocking(fd, False)
@@ -115,11 +115,6 @@ class PipeOutput:
 
     def __del__(self) -> None:
         self.close()
-
-
-async def read_pipe(fd: int) -> PipeOutput:
-    """A reader over the read end `fd` of a pipe (owned by it from now on)."""
-    return PipeOutput(fd)
 
 
 class _WriteProtocol(asyncio.streams.FlowControlMixin):

@@ -83,10 +83,10 @@ from opensandbox_emulator.runtimes.fake.oci import Resources
 from opensandbox_emulator.runtimes.fake.offered import OfferedFiles
 from opensandbox_emulator.runtimes.fake.processes import (
     InitProcess,
+    PipeOutput,
     descendants,
     in_namespace_of,
     output_pipe,
-    read_pipe,
     sample,
     write_pipe,
 )
@@ -381,8 +381,8 @@ class FakeRuntime(Runtime):
             return InitProcess(box.channel, pid, exited, stdout=tty, stderr=None, stdin=tty,
                                frozen=lambda: sandbox.paused, explain_kill=explain_kill,
                                terminal=TerminalControl(tty))
-        return InitProcess(box.channel, pid, exited, stdout=await read_pipe(out_r),
-                           stderr=await read_pipe(err_r) if err_r is not None else None,
+        return InitProcess(box.channel, pid, exited, stdout=PipeOutput(out_r),
+                           stderr=PipeOutput(err_r) if err_r is not None else None,
                            stdin=await write_pipe(in_w) if in_w is not None else None,
                            frozen=lambda: sandbox.paused, explain_kill=explain_kill)
 
