@@ -68,7 +68,7 @@ class CodeContexts:
 
     async def create(self, language: str, cwd: str | None = None, *,
                      default: bool = False) -> CodeContext:
-        driver = self._driver(check_language(language))
+        driver = self._driver(language)
         context = CodeContext(self.sandbox.ids.command_id(), language, cwd or None, default)
         context.interpreter = await self._start(driver, context)
         if self._closed:
