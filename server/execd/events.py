@@ -110,26 +110,48 @@ def encode_text_events(event_type: str, texts: Iterable[bytes], timestamp: int) 
     ).encode()
 
 
-def encode_text_lines(event_type: str, block: bytes, timestamp: int) -> bytes:
-    """The frames of `encode_text_events(event_type, block.splitlines(), timestamp)`: one
-    event per non-empty line of `block`. For plain ASCII ended by `\\n` with no empty line
-    (most output) they are built by one `replace` over the whole block, with no bytes object
-    per line; anything else takes the line-by-line way."""
-    if not block:
+def encode_text_lines(event_type: str, block: bytes, timestamp: int, *,
+                      held: bytes = b"", end: int | None = None) -> bytes:
+    """The frames of `encode_text_events(event_type, lines, timestamp)` for the lines of
+    `held + block[:end]` (`end` defaults to the whole block), without joining the two
+    first: one event per non-empty line. Plain ASCII lines ended by `\\n` (most output) are
+    framed around the bytes as they are, with no bytes object per line; anything else
+    takes the line-by-line way."""
+    end = len(block) if end is None else end
+    if not held and not end:
         return b""
-    if (block[0] != 0x0A and not block.translate(None, _PLAIN_BYTES)
-            and _EMPTY_LINE.search(block) is None):
-        head = ('{"type":' + _encode_string(event_type) + ',"text":"').encode()
-        tail = f'","timestamp":{timestamp}}}\n\n'.encode()
-        body = block[:-1] if block[-1] == 0x0A else block
-        return b"".join((head, body.replace(b"\n", tail + head), tail))
-    return encode_text_events(event_type, block.splitlines(), timestamp)
+    head = ('{"type":' + _encode_string(event_type) + ',"text":"').encode()
+    tail = f'","timestamp":{timestamp}}}\n\n'.encode()
+    framed = frame_plain_lines(head, tail, held, block, end)
+    if framed is not None:
+        return framed
+    text = held + block[:end] if held or end < len(block) else block
+    return encode_text_events(event_type, text.splitlines(), timestamp)
 
 
-# Bytes that neither JSON escaping nor UTF-8 decoding changes, plus the `\n` that joins the
-# lines above for one check (deleting them leaves exactly the bytes that need care).
+def _frame_plain_lines(head: bytes, tail: bytes, held: bytes, block: bytes,
+                       end: int) -> bytes | None:
+    """`head + line + tail` for each non-empty line of `held + block[:end]`, or None if
+    a byte there needs escaping or is not ASCII: one `replace` over the whole text. The C
+    extension `_framing` does the same without the joins and copies (see setup.py)."""
+    text = held + block[:end] if held or end < len(block) else block
+    if not text or text.translate(None, _PLAIN_BYTES):
+        return None if text else b""
+    text = _EMPTY_LINE.sub(b"\n", text).strip(b"\n")
+    if not text:
+        return b""
+    return b"".join((head, text.replace(b"\n", tail + head), tail))
+
+
+try:  # built by setup.py where a C compiler is at hand; optional, the same bytes
+    from opensandbox_emulator.server.execd._framing import frame_plain_lines
+except ImportError:  # pragma: no cover - depends on how the package was installed
+    frame_plain_lines = _frame_plain_lines
+
+# Bytes that neither JSON escaping nor UTF-8 decoding changes, plus the `\n` that ends
+# lines (deleting them leaves exactly the bytes that need care).
 _PLAIN_BYTES = bytes(b for b in range(0x20, 0x7F) if b not in b'"\\') + b"\n"
-_EMPTY_LINE = re.compile(rb"\n\n")
+_EMPTY_LINE = re.compile(rb"\n\n+")
 
 
 # --- the events execd sends --------------------------------------------------------------
@@ -163,8 +185,12 @@ def stopping_event(timestamp: int) -> Event:
 # --- the streaming response ----------------------------------------------------------------
 
 
+StreamItem = Event | bytes | list[bytes]
+
+
 class EventSource(Protocol):
-    """What `EventStreamResponse` sends: events or already-encoded frames (`bytes`).
+    """What `EventStreamResponse` sends: events, already-encoded frames (`bytes`), or a
+    list of encoded frames that go out as separate writes (large ones, not joined).
 
     `aclose()` is called exactly once when the stream ends for any reason (finished,
     client gone, server stopping), even if iteration never started, so the source can
@@ -172,7 +198,7 @@ class EventSource(Protocol):
     once the item it just gave was its last: the stream then ends without asking for
     another."""
 
-    def __aiter__(self) -> AsyncIterator[Event | bytes]: ...
+    def __aiter__(self) -> AsyncIterator[StreamItem]: ...
 
     async def aclose(self) -> None: ...
 
@@ -258,13 +284,15 @@ class EventStreamResponse(Response):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     @staticmethod
-    async def _send(send: Send, item: Event | bytes) -> None:
-        body = _encoded(item)
-        if body:
-            await send({"type": "http.response.body", "body": body, "more_body": True})
+    async def _send(send: Send, item: StreamItem) -> None:
+        for body in item if isinstance(item, list) else (_encoded(item),):
+            if body:
+                await send({"type": "http.response.body", "body": body, "more_body": True})
 
 
-def _encoded(item: Event | bytes) -> bytes:
+def _encoded(item: StreamItem) -> bytes:
+    if isinstance(item, list):
+        return b"".join(item)
     return item.encode() if isinstance(item, Event) else item
 
 

@@ -38,6 +38,7 @@ from opensandbox_emulator.server.clock import Clock, epoch_ms, rfc3339_nano
 from opensandbox_emulator.server.execd.commands.logbuffer import LogBuffer
 from opensandbox_emulator.server.execd.events import (
     Event,
+    StreamItem,
     complete_event,
     encode_text_events,
     encode_text_lines,
@@ -50,6 +51,7 @@ log = logging.getLogger("opensandbox.execd.commands")
 READ_SIZE = 256 * 1024  # bytes a pump asks for at once (a fake sandbox's pipe holds as much)
 CHANNEL_SLOTS = 4  # chunks in flight between the pumps and a slow stream
 CHANNEL_BYTES = 256 * 1024  # ... and at most this many bytes of them
+JOIN_LIMIT = 64 * 1024  # frames queued together are joined up to this many bytes
 LINE_LIMIT = 1024 * 1024  # a line longer than this is streamed in pieces
 DRAIN_IDLE = 0.05  # after exit: a pipe silent this long is considered drained
 DRAIN_MAX = 2.0  # after exit: stop waiting for children that keep writing
@@ -151,20 +153,33 @@ class LineSplitter:
         self.limit = limit
         self._partial = b""
 
-    def feed(self, chunk: bytes) -> bytes:
-        """The complete lines that `chunk` ends (with what was held before it), as one
-        block that still has its terminators; the rest is held."""
-        data = self._partial + chunk if self._partial else chunk
-        cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
-        self._partial = data[cut:]
+    def feed(self, chunk: bytes) -> tuple[bytes, bytes, int]:
+        """The complete lines that `chunk` ends, with what was held before it, as
+        `(held, chunk, end)`: the text is `held + chunk[:end]`, terminators and all, left
+        unjoined so that a large chunk is never copied (`encode_text_lines` takes the
+        three); the rest of `chunk` is held."""
+        held = self._partial
+        newline = chunk.rfind(b"\n")
+        cut = max(newline, chunk.rfind(b"\r", newline + 1)) + 1  # scans the tail only
+        self._partial = chunk[cut:] if cut else held + chunk
         if len(self._partial) > self.limit:
             self._partial = b""
-            return data
-        return data[:cut] if cut < len(data) else data
+            return held, chunk, len(chunk)
+        if not cut:
+            return b"", b"", 0
+        return held, chunk, cut
 
     def flush(self) -> bytes:
         rest, self._partial = self._partial, b""
         return rest
+
+
+def batch(frames: list[bytes]) -> bytes | list[bytes]:
+    """Frames to go out at once: small ones joined into one write, large ones left as
+    they are (each its own write), rather than copied once more only to be joined."""
+    if len(frames) == 1 or sum(map(len, frames)) <= JOIN_LIMIT:
+        return b"".join(frames)
+    return [frame for frame in frames if frame]
 
 
 # --- event sources for the stream --------------------------------------------------------
@@ -194,19 +209,19 @@ class ForegroundEvents:
         self.command = command
         self.channel = channel
         self.ended = False  # the terminal event went out: the stream needs nothing more
-        self._iterator: AsyncIterator[Event | bytes] | None = None
+        self._iterator: AsyncIterator[StreamItem] | None = None
 
-    def __aiter__(self) -> AsyncIterator[Event | bytes]:
+    def __aiter__(self) -> AsyncIterator[StreamItem]:
         if self._iterator is None:
             self._iterator = self._iterate()
         return self._iterator
 
-    async def _iterate(self) -> AsyncIterator[Event | bytes]:
+    async def _iterate(self) -> AsyncIterator[StreamItem]:
         yield init_event(self.command.id, self.command.started_at_ms)
         splitters = {"stdout": LineSplitter(), "stderr": LineSplitter()}
         stamps = {"stdout": 0, "stderr": 0}
         while True:
-            # Whatever the pumps queued meanwhile goes out as one write.
+            # Whatever the pumps queued meanwhile goes out at once.
             items = await self.channel.take()
             if not items:  # the command was dropped (its sandbox is going away)
                 if self.command.terminal is None:
@@ -217,7 +232,8 @@ class ForegroundEvents:
                 if item[0] == "out":
                     _, name, chunk, stamp = item
                     stamps[name] = stamp
-                    frames.append(encode_text_lines(name, splitters[name].feed(chunk), stamp))
+                    held, chunk, end = splitters[name].feed(chunk)
+                    frames.append(encode_text_lines(name, chunk, stamp, held=held, end=end))
                     continue
                 for name, splitter in splitters.items():
                     rest = splitter.flush()
@@ -225,11 +241,10 @@ class ForegroundEvents:
                         frames.append(encode_text_events(name, [rest], stamps[name]))
                 frames.append(item[1].encode())
                 self.ended = True
-                yield b"".join(frames)
+                yield batch(frames)
                 return
-            block = b"".join(frames)
-            if block:
-                yield block
+            if any(frames):
+                yield batch(frames)
 
     async def aclose(self) -> None:
         self.channel.close()
