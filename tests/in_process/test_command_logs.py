@@ -104,6 +104,31 @@ def test_a_reader_that_falls_behind_is_told_and_resumes_at_the_oldest_byte() -> 
     assert log.start == len(output) - 1000
 
 
+def test_any_cursor_reads_what_a_plain_copy_of_the_newest_bytes_holds() -> None:
+    """Writes of every size against a model that keeps the newest `capacity` bytes of a
+    bytearray: chunks dropped in part and whole, and compaction, never change a read."""
+    rng = random.Random(13)
+    for capacity, chunk_size in ((64, 16), (1000, 100), (4096, 256)):
+        log = LogBuffer(capacity, chunk_size=chunk_size)
+        written = bytearray()
+        for step in range(400):
+            piece = rng.randbytes(rng.choice((0, 1, 7, chunk_size - 1, chunk_size,
+                                              chunk_size * 3, capacity - 1, capacity + 5)))
+            log.write(piece)
+            written += piece
+            if step % 97 == 96:
+                log.compact()
+            start = max(len(written) - capacity, 0)
+            assert (log.start, log.end) == (start, len(written))
+            cursor = rng.randint(0, len(written) + 2)
+            data, next_cursor, truncated = log.read(cursor)
+            if cursor >= len(written):
+                assert (data, next_cursor, truncated) == (b"", cursor, False)
+            else:
+                assert data == bytes(written[max(cursor, start):])
+                assert (next_cursor, truncated) == (len(written), cursor < start)
+
+
 # --- through execd, in this process ------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ class LogBuffer:
         self.capacity = capacity
         self.chunk_size = max(1, min(chunk_size, capacity))
         self._chunks: deque[bytes] = deque()
+        self._dropped_from_first = 0  # bytes at the front of the first chunk already gone
         self._tail = bytearray()
         self._start = 0  # offset of the oldest byte kept
         self._end = 0  # offset just past the newest byte: the total ever written
@@ -50,11 +51,15 @@ class LogBuffer:
         if len(data) >= self.capacity:
             # Everything held so far would be dropped anyway.
             self._chunks.clear()
+            self._dropped_from_first = 0
             self._tail = bytearray()
             self._chunks.append(bytes(data[-self.capacity:]))
             self._start = self._end - self.capacity
             return
-        if not self._tail and len(data) >= self.chunk_size and isinstance(data, bytes):
+        if len(data) >= self.chunk_size and isinstance(data, bytes):
+            if self._tail:  # sealed as it is, however short, rather than copy `data` in
+                self._chunks.append(bytes(self._tail))
+                self._tail = bytearray()
             self._chunks.append(data)  # a chunk of its own as it is: no copy
             self._trim()
             return
@@ -68,12 +73,15 @@ class LogBuffer:
         excess = self.held - self.capacity
         while excess > 0:
             if self._chunks:
-                first = self._chunks[0]
-                if len(first) <= excess:
+                # The first chunk is dropped whole once all of it is gone; until then an
+                # offset marks what is (no copy of the rest: "plus one chunk" above).
+                left = len(self._chunks[0]) - self._dropped_from_first
+                if left <= excess:
                     self._chunks.popleft()
-                    dropped = len(first)
+                    self._dropped_from_first = 0
+                    dropped = left
                 else:
-                    self._chunks[0] = first[excess:]
+                    self._dropped_from_first += excess
                     dropped = excess
             else:
                 dropped = excess
@@ -93,7 +101,7 @@ class LogBuffer:
         if cursor >= self._end:
             return b"", cursor, False
         truncated = cursor < self._start
-        skip = max(cursor - self._start, 0)
+        skip = max(cursor - self._start, 0) + (self._dropped_from_first if self._chunks else 0)
         parts: list[bytes] = []
         for piece in (*self._chunks, self._tail):
             size = len(piece)
@@ -105,7 +113,11 @@ class LogBuffer:
         return b"".join(parts), self._end, truncated
 
     def compact(self) -> None:
-        """Seal the open tail (when the command is done writing) to drop its spare room."""
+        """Seal the open tail (when the command is done writing) to drop its spare room,
+        and let go of what was dropped from the first chunk."""
+        if self._dropped_from_first:
+            self._chunks[0] = self._chunks[0][self._dropped_from_first:]
+            self._dropped_from_first = 0
         if self._tail:
             self._chunks.append(bytes(self._tail))
             self._tail = bytearray()
