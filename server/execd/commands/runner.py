@@ -48,7 +48,7 @@ from opensandbox_emulator.server.execd.events import (
 
 log = logging.getLogger("opensandbox.execd.commands")
 
-READ_SIZE = 256 * 1024  # bytes a pump asks for at once (a fake sandbox's pipe holds as much)
+READ_SIZE = 1024 * 1024  # bytes a pump asks for at once (a fake sandbox's pipe holds as much)
 CHANNEL_SLOTS = 4  # chunks in flight between the pumps and a slow stream
 CHANNEL_BYTES = 256 * 1024  # ... and at most this many bytes of them
 JOIN_LIMIT = 64 * 1024  # frames queued together are joined up to this many bytes
