@@ -1,6 +1,7 @@
 """Benchmark of execd commands: round trips, output throughput, memory bound.
 
-    python benchmarks/commands.py [--runs N] [--stream-mb N] [--background-mb N]
+    python benchmarks/commands.py [--runs N] [--stream-mb N] [--stream-runs N]
+                                  [--background-mb N]
 
 Starts its own server (fake runtime: a container per sandbox) and one sandbox, then measures
 in one run:
@@ -20,7 +21,7 @@ in one run:
 - stdout throughput of a foreground command printing `head -c 200M /dev/zero | base64`
   through the event stream, read to the end by a plain-socket HTTP/1.1 client (which
   costs little, so the server is what is measured) and by httpx, against the same
-  command into a pipe on this host;
+  command into a pipe on this host: the median of several runs of each, after a warm-up;
 - the server's resident memory while a background command prints 1 GB into its bounded
   log: idle RSS, the highest RSS sampled during the run, and the kernel's high-water mark
   (VmHWM, reset just before the run).
@@ -226,6 +227,26 @@ def socket_stream_throughput(server: ServerProcess, sandbox_id: str,
     return total, elapsed
 
 
+def throughput_runs(server: ServerProcess, sandbox_id: str, base: str, command: str,
+                    count: int) -> tuple[dict[str, list[float]], int, int]:
+    """MB/s of stdout, `count` times each, for the pipe baseline, the plain-socket stream
+    and the httpx stream, taken in turn (so that a slow moment of the machine falls on all
+    three alike) after one unmeasured run of each (the first run of a command this size
+    also pays for the memory the server and the kernel set aside for it). Also the bytes
+    of stdout and of events that one run moves."""
+    rates: dict[str, list[float]] = {"pipe": [], "socket": [], "httpx": []}
+    stdout_bytes = wire_bytes = 0
+    for index in range(count + 1):
+        stdout_bytes, pipe_seconds = pipe_throughput(command)
+        wire_bytes, socket_seconds = socket_stream_throughput(server, sandbox_id, command)
+        _, httpx_seconds = stream_throughput(base, command)
+        if index:  # the first round warms up
+            for key, seconds in (("pipe", pipe_seconds), ("socket", socket_seconds),
+                                 ("httpx", httpx_seconds)):
+                rates[key].append(stdout_bytes / 1e6 / seconds)
+    return rates, stdout_bytes, wire_bytes
+
+
 def stream_throughput(base: str, command: str) -> tuple[int, float]:
     """(event-stream bytes, seconds) of `command` run in the foreground, read to the end
     by httpx."""
@@ -296,6 +317,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=200, help="round trips per series")
     parser.add_argument("--stream-mb", type=int, default=200,
                         help="MB of /dev/zero base64-encoded by the throughput command")
+    parser.add_argument("--stream-runs", type=int, default=5,
+                        help="measured runs of each throughput kind (after one warm-up)")
     parser.add_argument("--background-mb", type=int, default=1024,
                         help="MB printed by the background command")
     args = parser.parse_args()
@@ -363,18 +386,19 @@ def run(server: ServerProcess, args: argparse.Namespace, workdir: str) -> None:
     print(f"  local openpty pair (baseline)   {summary(local, width=7)}\n")
 
     command = f"head -c {args.stream_mb}M /dev/zero | base64"
-    stdout_bytes, pipe_seconds = pipe_throughput(command)
-    wire_bytes, socket_seconds = socket_stream_throughput(server, sandbox_id, command)
-    _, httpx_seconds = stream_throughput(base, command)
-    pipe_rate = stdout_bytes / 1e6 / pipe_seconds
+    runs, stdout_bytes, wire_bytes = throughput_runs(server, sandbox_id, base, command,
+                                                     args.stream_runs)
+    pipe_rate = statistics.median(runs["pipe"])
     print(f"stdout throughput of `{command}` ({stdout_bytes / 1e6:.0f} MB of stdout, "
-          f"{wire_bytes / 1e6:.0f} MB of events)")
-    for name, seconds in (("event stream, plain socket", socket_seconds),
-                          ("event stream, httpx", httpx_seconds)):
-        rate = stdout_bytes / 1e6 / seconds
-        print(f"  {name:<31} {rate:8.1f} MB/s of stdout ({seconds:.2f} s; "
+          f"{wire_bytes / 1e6:.0f} MB of events; median of {args.stream_runs} runs after "
+          f"a warm-up, each kind in turn, slowest and fastest beside it)")
+    for name, key in (("event stream, plain socket", "socket"), ("event stream, httpx", "httpx")):
+        rates = runs[key]
+        rate = statistics.median(rates)
+        print(f"  {name:<31} {rate:8.1f} MB/s of stdout ({min(rates):.0f}-{max(rates):.0f}; "
               f"{rate / pipe_rate:.0%} of the pipe)")
-    print(f"  pipe on this host (baseline)    {pipe_rate:8.1f} MB/s ({pipe_seconds:.2f} s)\n")
+    print(f"  pipe on this host (baseline)    {pipe_rate:8.1f} MB/s "
+          f"({min(runs['pipe']):.0f}-{max(runs['pipe']):.0f})\n")
 
     memory = background_memory(server, base, args.background_mb)
     print(f"server memory while a background command prints {args.background_mb} MB "
