@@ -23,11 +23,12 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from http import HTTPStatus
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import anyio
 import docker
-from docker.errors import APIError, DockerException
+import requests
+from docker.errors import APIError, DockerException, NotFound
 
 from opensandbox_emulator.runtimes.failures import Unavailable
 
@@ -36,6 +37,7 @@ T = TypeVar("T")
 # Worker threads for blocking SDK calls; separate from anyio's default pool so that a burst
 # of Docker calls never starves the rest of the server (and the reverse).
 SDK_THREADS = 16
+IDLE_CONNECTIONS = 8  # kept-alive connections of the loop's own JSON calls
 
 
 def explain(error: APIError) -> str:
@@ -174,6 +176,7 @@ class Engine:
     def __init__(self, client: docker.DockerClient | None = None):
         self._client = client
         self._limiter = anyio.CapacityLimiter(SDK_THREADS)
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     @property
     def client(self) -> docker.DockerClient:
@@ -207,6 +210,8 @@ class Engine:
                                               limiter=self._limiter)
 
     async def close(self) -> None:
+        while self._idle:
+            self._idle.pop()[1].close()
         if self._client is not None:
             client, self._client = self._client, None
             await self.call(client.close)
@@ -248,6 +253,70 @@ class Engine:
 
         return await self.call(start)
 
+    # --- the calls of every command, on the loop ---------------------------------------------
+
+    async def inspect_container(self, name: str) -> dict[str, Any]:
+        """`GET /containers/{name}/json`. Raises `NotFound`, `APIError`."""
+        found: dict[str, Any] = await self._json("GET", f"/containers/{quote(name)}/json",
+                                                 fallback=lambda: self.api.inspect_container(name))
+        return found
+
+    async def inspect_exec(self, exec_id: str) -> dict[str, Any]:
+        """`GET /exec/{id}/json`. Raises `NotFound`, `APIError`."""
+        found: dict[str, Any] = await self._json("GET", f"/exec/{quote(exec_id)}/json",
+                                                 fallback=lambda: self.api.exec_inspect(exec_id))
+        return found
+
+    async def create_exec(self, container: str, argv: list[str], *, user: str = "",
+                          environment: dict[str, str] | None = None, stdin: bool = False,
+                          tty: bool = False) -> str:
+        """`POST /containers/{container}/exec` with stdout and stderr attached; the new
+        exec's id. Raises `NotFound`, `APIError`."""
+        body = {"User": user, "Privileged": False, "Tty": tty, "AttachStdin": stdin,
+                "AttachStdout": True, "AttachStderr": True, "Cmd": argv,
+                "Env": [f"{key}={value}" for key, value in (environment or {}).items()]}
+        created = await self._json(
+            "POST", f"/containers/{quote(container)}/exec", body,
+            fallback=lambda: self.api.exec_create(
+                container, argv, stdout=True, stderr=True, stdin=stdin, tty=tty, user=user,
+                environment=dict(environment or {})))
+        return str(created["Id"])
+
+    async def _json(self, method: str, path: str, body: Any = None, *,
+                    fallback: Callable[[], Any]) -> Any:
+        """One JSON request over a kept-alive connection of the loop's own: the calls every
+        command makes skip the SDK's worker thread and its HTTP stack (about a
+        millisecond each). A transport the loop cannot open takes `fallback` (the SDK's
+        call) in a thread; a kept connection the engine closed meanwhile is dropped and
+        the next one tried, then a new one."""
+        payload = b"" if body is None else json.dumps(body).encode()
+        request = (f"{method} /v{self.api._version}{path} HTTP/1.1\r\nHost: docker\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+                   "\r\n").encode() + payload
+        while True:
+            kept = bool(self._idle)
+            try:
+                connection = self._idle.pop() if kept else await self._open_connection()
+            except OSError as error:
+                raise APIError(f"cannot reach the engine: {error}") from error
+            if connection is None:
+                return await self.call(fallback)
+            try:
+                status, reason, raw, keep = await _exchange(connection, request)
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                    ValueError) as error:
+                connection[1].close()
+                if kept:
+                    continue
+                raise APIError(f"the engine's connection failed: {error}") from error
+            if keep and len(self._idle) < IDLE_CONNECTIONS:
+                self._idle.append(connection)
+            else:
+                connection[1].close()
+            if status >= HTTPStatus.BAD_REQUEST:
+                raise _api_error(method, path, status, reason, raw)
+            return json.loads(raw) if raw else None
+
     # --- exec streams ------------------------------------------------------------------------
 
     async def attach_exec(self, exec_id: str, *, tty: bool = False) -> RawStream:
@@ -255,19 +324,10 @@ class Engine:
         sends it without a TTY; the bare bytes with `tty`). Raises `ExecStartError` when
         the engine refuses."""
         api = self.api
-        base = api.base_url
-        adapter = getattr(api, "_custom_adapter", None)
-        socket_path = getattr(adapter, "socket_path", None)
-        if socket_path and base.startswith("http+docker://localhost"):
-            reader, writer = await asyncio.open_unix_connection(socket_path, limit=1 << 20)
-        elif base.startswith(("http://", "https://")):
-            parts = urlsplit(base)
-            context = self._ssl_context() if parts.scheme == "https" else None
-            reader, writer = await asyncio.open_connection(
-                parts.hostname, parts.port or (2376 if context else 2375), ssl=context,
-                limit=1 << 20)
-        else:
+        connection = await self._open_connection()
+        if connection is None:
             return await self._attach_with_sdk(exec_id, tty)
+        reader, writer = connection
         body = json.dumps({"Detach": False, "Tty": tty}).encode()
         request = (f"POST /v{api._version}/exec/{exec_id}/start HTTP/1.1\r\n"
                    "Host: docker\r\nContent-Type: application/json\r\n"
@@ -300,6 +360,24 @@ class Engine:
             message = raw.decode(errors="replace")
         raise ExecStartError(message or status_line, wrong_state=status == HTTPStatus.CONFLICT)
 
+    async def _open_connection(self) -> tuple[asyncio.StreamReader,
+                                              asyncio.StreamWriter] | None:
+        """A new asyncio connection to the engine (Unix socket, TCP or TLS), or None for a
+        transport asyncio cannot open."""
+        api = self.api
+        base = api.base_url
+        adapter = getattr(api, "_custom_adapter", None)
+        socket_path = getattr(adapter, "socket_path", None)
+        if socket_path and base.startswith("http+docker://localhost"):
+            return await asyncio.open_unix_connection(socket_path, limit=1 << 20)
+        if base.startswith(("http://", "https://")):
+            parts = urlsplit(base)
+            context = self._ssl_context() if parts.scheme == "https" else None
+            return await asyncio.open_connection(
+                parts.hostname, parts.port or (2376 if context else 2375), ssl=context,
+                limit=1 << 20)
+        return None
+
     def _ssl_context(self) -> ssl.SSLContext:
         verify = getattr(self.api, "verify", True)
         context = ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
@@ -320,3 +398,50 @@ class Engine:
             raise ExecStartError(error.explanation or str(error), wrong_state=wrong_state(error)
                                  ) from error
         return ThreadedStream(sock)
+
+
+async def _exchange(connection: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+                    request: bytes) -> tuple[int, str, bytes, bool]:
+    """Send one request and read its response: (status, reason, body, whether the
+    connection may be used again). The engine answers JSON with a length or chunked."""
+    reader, writer = connection
+    writer.write(request)
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    _, status, *reason = status_line.split(" ", 2)
+    headers: dict[str, str] = {}
+    for line in header_lines:
+        key, _, value = line.partition(":")
+        headers[key.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        body = bytearray()
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if not size:
+                await reader.readuntil(b"\r\n")
+                break
+            body += await reader.readexactly(size)
+            await reader.readexactly(2)
+        raw = bytes(body)
+    else:
+        length = int(headers.get("content-length", "0"))
+        raw = await reader.readexactly(length) if length else b""
+    keep = headers.get("connection", "").lower() != "close"
+    return int(status), reason[0] if reason else "", raw, keep
+
+
+def _api_error(method: str, path: str, status: int, reason: str, raw: bytes) -> APIError:
+    """The SDK's own error for a refusal, so callers handle both ways alike."""
+    try:
+        explanation = str(json.loads(raw).get("message", ""))
+    except (ValueError, AttributeError):
+        explanation = raw.decode(errors="replace")
+    response = requests.Response()
+    response.status_code = status
+    response.reason = reason
+    response._content = raw
+    response.url = path
+    kind = NotFound if status == HTTPStatus.NOT_FOUND else APIError
+    return kind(f"{status} {reason}: {method} {path}", response=response,
+                explanation=explanation)

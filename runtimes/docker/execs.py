@@ -65,15 +65,14 @@ async def open_exec(engine: Engine, sandbox: DockerSandbox, argv: list[str], *,
     """Start `argv` in the container; its exec id and raw stream (framed; with `tty`, the
     terminal's bytes as they are)."""
     try:
-        created = await engine.call(
-            engine.api.exec_create, sandbox.container, argv, stdout=True, stderr=True,
-            stdin=stdin, tty=tty, user=user, environment=dict(environment or {}))
+        exec_id = await engine.create_exec(sandbox.container, argv, user=user,
+                                           environment=dict(environment or {}),
+                                           stdin=stdin, tty=tty)
     except NotFound as error:
         raise SandboxMissing(sandbox.sandbox_id) from error
     except APIError as error:
         raise SpawnFailed(f"the sandbox cannot run commands now: {explain(error)}",
                           wrong_state=wrong_state(error)) from error
-    exec_id = str(created["Id"])
     try:
         return exec_id, await engine.attach_exec(exec_id, tty=tty)
     except (ExecStartError, OSError) as error:
@@ -159,7 +158,7 @@ def _track(engine: Engine, sandbox: DockerSandbox, exec_id: str,
 
     async def inspect() -> dict[str, Any]:
         try:
-            info: dict[str, Any] = await engine.call(engine.api.exec_inspect, exec_id)
+            info = await engine.inspect_exec(exec_id)
         except NotFound:
             return {}
         return info
@@ -256,7 +255,7 @@ async def _run_once(engine: Engine, sandbox: DockerSandbox, argv: list[str],
             code = None
             delay = 0.005
             while code is None:
-                info = await engine.call(engine.api.exec_inspect, exec_id)
+                info = await engine.inspect_exec(exec_id)
                 if not info.get("Running"):
                     code = info.get("ExitCode")
                 else:

@@ -84,8 +84,7 @@ async def inspect_container(engine: Engine, sandbox_id: str) -> dict[str, Any]:
     """The engine's view of the sandbox's container; `SandboxMissing` when there is none
     (or the container of that name is not this sandbox's)."""
     try:
-        attrs: dict[str, Any] = await engine.call(engine.api.inspect_container,
-                                                  labels.container_name(sandbox_id))
+        attrs = await engine.inspect_container(labels.container_name(sandbox_id))
     except NotFound as error:
         raise SandboxMissing(sandbox_id) from error
     except APIError as error:
