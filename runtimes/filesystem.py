@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from opensandbox_emulator.runtimes.failures import (
+    FileNotFound,
     InvalidArgument,
     NotADirectory,
     NulInArgument,
@@ -264,6 +265,16 @@ class SandboxFilesystem(ABC):
     @abstractmethod
     async def stat(self, path: str, *, follow_symlinks: bool = True) -> FileInfo:
         """Raises `FileNotFound`."""
+
+    async def has_content(self, path: str) -> bool:
+        """Whether `path` is a regular file (after symlinks) holding at least one byte; a
+        missing one has none. Runtimes where a full `stat` costs more than this test
+        answer it more cheaply."""
+        try:
+            info = await self.stat(path)
+        except FileNotFound:
+            return False
+        return info.type is FileType.FILE and info.size > 0
 
     @abstractmethod
     async def search(self, root: str, match: Callable[[str], bool]) -> list[FileInfo]:

@@ -403,6 +403,19 @@ EOF""")
     assert sh(box, 'echo "${LAST:-unset}"') == ["unset"]
 
 
+def test_env_file_behind_a_symlink_or_a_directory_in_its_place(box: str) -> None:
+    try:
+        sh(box, 'printf "LINKED=yes\\n" > /tmp/real.env && rm -f "$EXECD_ENVS" '
+                '&& ln -s /tmp/real.env "$EXECD_ENVS"')
+        assert sh(box, 'echo "${LINKED:-unset}"') == ["yes"]
+        sh(box, 'rm -f "$EXECD_ENVS" && mkdir "$EXECD_ENVS"')
+        assert sh(box, 'echo "${LINKED:-unset}"') == ["unset"]
+    finally:
+        sh(box, 'rm -rf "$EXECD_ENVS" && : > "$EXECD_ENVS"')
+    assert sh(box, 'test -f "$EXECD_ENVS" && test ! -s "$EXECD_ENVS" && echo empty') == [
+        "empty"]
+
+
 # --- nothing leaks -------------------------------------------------------------------------
 
 

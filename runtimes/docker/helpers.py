@@ -66,6 +66,7 @@ kill) kill "-$1" "-$2" 2>/dev/null || true ;;
 mounts) cat /proc/self/mounts ;;
 ids) ids ;;
 have) command -v "$1" >/dev/null 2>&1 ;;
+nonempty) [ -f "$1" ] && [ -s "$1" ] ;;
 resolve) f=$1; shift; for p in "$@"; do resolve "$p" "$f" || exit 1; done ;;
 stat)
   real=$(resolve "$1" "$2") || exit 1

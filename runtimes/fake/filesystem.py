@@ -319,6 +319,21 @@ class FakeFilesystem(SandboxFilesystem):
             os.close(fd)
         return self._info(target.shown, st, self._names(), target.mount)
 
+    async def has_content(self, path: str) -> bool:
+        return await asyncio.to_thread(self._has_content, path)
+
+    def _has_content(self, path: str) -> bool:
+        # A stat without the account names (two files read and parsed) that it shows.
+        try:
+            fd = self._open_target(self._target(path))
+        except FileNotFound:
+            return False
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        return stat.S_ISREG(st.st_mode) and st.st_size > 0
+
     async def search(self, root: str, match: Callable[[str], bool]) -> list[FileInfo]:
         return await asyncio.to_thread(self._search, root, match)
 

@@ -69,9 +69,9 @@ async def env_file_entries(sandbox: ExecdSandbox) -> dict[str, str]:
     try:
         fs = runtime.filesystem(sandbox.sandbox_id)
         path = runtime.env_file(sandbox.sandbox_id)
-        # Most sandboxes' file is the empty one the runtime made: a stat tells, with no
+        # Most sandboxes' file is the empty one the runtime made: one test tells, with no
         # open, read and close (on Docker, each a trip through the sandbox's helper).
-        if (await fs.stat(path)).size == 0:
+        if not await fs.has_content(path):
             return {}
         reader = await fs.open_read(path)
     except RuntimeFailure:
