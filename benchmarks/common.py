@@ -50,6 +50,22 @@ def measure(action: Callable[[], object], count: int, warmup: int = 0) -> list[f
     return samples
 
 
+def measure_in_turn(actions: list[Callable[[], object]], count: int,
+                    warmup: int = 0) -> list[list[float]]:
+    """`measure` for several actions at once, one call of each in turn: a slow moment of
+    the machine then falls on all of them alike, not on whichever ran then."""
+    for _ in range(warmup):
+        for action in actions:
+            action()
+    samples: list[list[float]] = [[] for _ in actions]
+    for _ in range(count):
+        for action, taken in zip(actions, samples, strict=True):
+            start = time.perf_counter()
+            action()
+            taken.append(time.perf_counter() - start)
+    return samples
+
+
 def percentile(samples: list[float], fraction: float) -> float:
     """The sample below which `fraction` of them lie (nearest rank, no interpolation)."""
     ordered = sorted(samples)
@@ -76,7 +92,7 @@ def report(name: str, samples: list[float], baseline: list[float] | None = None,
     median = statistics.median(samples)
     line = f"{name:<{width}} {summary(samples, fraction)}"
     if baseline is not None:
-        line += f"   ({median / statistics.median(baseline):5.1f}x the baseline's median)"
+        line += f"   ({median / statistics.median(baseline):5.2f}x the baseline's median)"
     print(line, flush=True)
     return median
 

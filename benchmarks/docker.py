@@ -14,7 +14,8 @@ user would compare with (it has no HTTP API, no SDK and no health check in its w
 round trip is also set beside the Docker SDK's own `exec_run(["sh", "-c", "echo hi"])` on
 a container of the same image (what a program that drives Docker itself pays: one exec
 created, started and read to its end, and inspected for its exit code), and timed over raw
-HTTP (`POST /command`) as well as through the OpenSandbox SDK.
+HTTP (`POST /command`) as well as through the OpenSandbox SDK; these three are taken in
+turn, one of each after the other, so that the machine's slow moments fall on all alike.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import common
-from common import measure
+from common import measure, measure_in_turn
 
 # This script is named like the Docker SDK (`docker`): with its directory first on sys.path,
 # `import docker` would find the script itself. `common` is imported; drop the directory.
@@ -120,12 +121,6 @@ def main() -> None:
             if result.exit_code != 0 or result.output != b"hi\n":
                 raise SystemExit(f"exec_run gave {result}")
 
-        sdk_exec = measure(exec_run, args.commands, warmup=2)
-        report("baseline: Docker SDK exec_run(sh -c 'echo hi')", sdk_exec)
-        engine.close()
-        sdk_echo = measure(echo, args.commands, warmup=2)
-        report("SDK commands.run('echo hi')", sdk_echo, cli_echo)
-        report("  the same, against exec_run", sdk_echo, sdk_exec)
         base = execd_url(server, sandbox.id)
         with httpx.Client(timeout=60) as client:
             def raw_echo() -> None:
@@ -135,7 +130,12 @@ def main() -> None:
                 if b'"text":"hi"' not in body or b"execution_complete" not in body:
                     raise SystemExit(f"POST /command gave {body!r}")
 
-            raw = measure(raw_echo, args.commands, warmup=2)
+            sdk_exec, sdk_echo, raw = measure_in_turn([exec_run, echo, raw_echo],
+                                                      args.commands, warmup=2)
+        engine.close()
+        report("baseline: Docker SDK exec_run(sh -c 'echo hi')", sdk_exec)
+        report("SDK commands.run('echo hi')", sdk_echo, cli_echo)
+        report("  the same, against exec_run", sdk_echo, sdk_exec)
         report("raw HTTP POST /command 'echo hi'", raw, sdk_exec)
         after_child = []
         for _ in range(max(3, args.commands // 5)):
