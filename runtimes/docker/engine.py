@@ -1,11 +1,14 @@
 """The Docker engine, seen from the event loop.
 
 `Engine` wraps the Docker SDK (`docker==7.2.0`): every SDK call is blocking, so each one
-runs in a worker thread (`call`). The one thing the SDK cannot give the loop is an exec's
-output as it is produced: `attach_exec` speaks the engine's HTTP upgrade itself over an
-asyncio connection (Unix socket, TCP or TLS) and returns the raw multiplexed stream, so a
-command's output costs no thread however long the command runs. For transports asyncio
-cannot open (`ssh://`, named pipes) it falls back to the SDK's socket, read in a thread.
+runs in a worker thread (`call`). Two things are done on the loop instead, over asyncio
+connections of its own (Unix socket, TCP or TLS). An exec's output as it is produced:
+`attach_exec` speaks the engine's HTTP upgrade itself and returns the raw multiplexed
+stream, so a command's output costs no thread however long the command runs. And the JSON
+calls every command makes (`inspect_container`, `create_exec`, `inspect_exec`), over
+kept-alive connections, which saves each the thread and the SDK's HTTP stack; they raise the
+SDK's own errors. For transports asyncio cannot open (`ssh://`, named pipes) both fall back
+to the SDK, in a thread.
 
 This is the one module that speaks the engine's HTTP: what its statuses mean is read here
 (`wrong_state`, `refused_as_invalid`), so the rest of the runtime deals in facts.
