@@ -312,6 +312,9 @@ class Engine:
                 if kept:
                     continue
                 raise APIError(f"the engine's connection failed: {error}") from error
+            except BaseException:  # cancelled mid-answer: the rest of it would be read
+                connection[1].close()  # by the next call, so the connection goes
+                raise
             if keep and len(self._idle) < IDLE_CONNECTIONS:
                 self._idle.append(connection)
             else:
