@@ -31,6 +31,7 @@ from opensandbox.sync import SandboxManagerSync, SandboxSync
 from tests.helpers.docker_engine import (
     DOCKER_BUSYBOX_IMAGE,
     DOCKER_DEBIAN_IMAGE,
+    docker_client,
     docker_host_dir,
     docker_sections,
     remove_docker_sandboxes,
@@ -45,12 +46,8 @@ FOREVER = ["sleep", "infinity"]
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Any]:
-    require_docker()
-    import docker
-
-    client = docker.from_env(timeout=60)
-    yield client
-    client.close()
+    with docker_client() as client:
+        yield client
 
 
 @pytest.fixture

@@ -13,19 +13,15 @@ import pytest
 from docker.errors import APIError, NotFound
 
 from opensandbox_emulator.runtimes.docker.engine import Engine, explain, frames, wrong_state
-from tests.helpers.docker_engine import DOCKER_BUSYBOX_IMAGE, require_docker
+from tests.helpers.docker_engine import DOCKER_BUSYBOX_IMAGE, docker_client, require_docker
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture(scope="module")
 def sdk() -> Iterator[Any]:
-    require_docker()
-    import docker
-
-    client = docker.from_env(timeout=60)
-    yield client
-    client.close()
+    with docker_client() as client:
+        yield client
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +65,19 @@ def require_docker() -> None:
     if os.environ.get("OPENSANDBOX_REQUIRE_DOCKER") == "1":
         pytest.fail(f"Docker is required (OPENSANDBOX_REQUIRE_DOCKER=1) but {reason}")
     pytest.skip(f"docker runtime tests need Docker: {reason}")
+
+
+@contextlib.contextmanager
+def docker_client() -> Iterator[Any]:
+    """The Docker SDK's client of the engine the tests use (after `require_docker`)."""
+    require_docker()
+    import docker
+
+    client = docker.from_env(timeout=60)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def docker_sections(workdir: Path, *, instance: str | None = None,
