@@ -333,8 +333,12 @@ def main() -> int:
 
 
 def run(server: ServerProcess, args: argparse.Namespace, workdir: str) -> None:
+    from opensandbox_emulator.server.execd import events
+
+    framing = ("in C" if events.frame_plain_lines is not events._frame_plain_lines
+               else "in Python (the C extension was not built)")
     print(f"opensandbox-emulator commands benchmark (server {server.domain}, "
-          f"{args.runs} round trips per series)\n")
+          f"{args.runs} round trips per series; output lines framed {framing})\n")
 
     async def with_sdk() -> tuple[str, list[float]]:
         sandbox = await Sandbox.create(
