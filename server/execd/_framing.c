@@ -7,8 +7,9 @@
 
    Only output that JSON carries as it is goes this way: printable ASCII without `"` or
    `\`, lines ended by `\n`. For anything else `frame_plain_lines` answers None and the
-   caller escapes line by line. The check is one pass that the compiler vectorises; the
-   framing is one `memchr` and one `memcpy` per line into a result sized in advance. */
+   caller escapes line by line. The check is one pass that the compiler vectorises and
+   that also counts the lines; the framing is then one `memchr` per line and the copies of
+   head, line and tail into a result sized in advance. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
