@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 from docker.errors import APIError, NotFound
 
-from opensandbox_emulator.runtimes.docker.engine import Engine, explain, frames, wrong_state
+from opensandbox_emulator.runtimes.docker.engine import (
+    Engine,
+    ExecStartError,
+    explain,
+    frames,
+    wrong_state,
+)
 from tests.helpers.docker_engine import DOCKER_BUSYBOX_IMAGE, docker_client, require_docker
 
 pytestmark = pytest.mark.anyio
@@ -92,6 +98,20 @@ async def test_refusals_are_the_sdks_errors(engine: Engine, sdk: Any,
     assert "not running" in explain(refused.value)
     with pytest.raises(NotFound):
         await engine.inspect_exec("0" * 64)
+
+
+async def test_an_exec_the_engine_will_not_start_says_why(engine: Engine, sdk: Any,
+                                                          containers: list[Any]) -> None:
+    container = start(sdk, containers)
+    exec_id = await engine.create_exec(container.id, ["true"])
+    container.pause()
+    try:
+        with pytest.raises(ExecStartError) as refused:
+            await engine.attach_exec(exec_id)
+    finally:
+        container.unpause()
+    assert refused.value.wrong_state  # 409: the container is paused
+    assert "paused" in refused.value.message
 
 
 async def test_a_kept_connection_that_went_away_is_replaced(engine: Engine, sdk: Any,

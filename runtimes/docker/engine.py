@@ -292,10 +292,8 @@ class Engine:
         millisecond each). A transport the loop cannot open takes `fallback` (the SDK's
         call) in a thread; a kept connection the engine closed meanwhile is dropped and
         the next one tried, then a new one."""
-        payload = b"" if body is None else json.dumps(body).encode()
-        request = (f"{method} /v{self.api._version}{path} HTTP/1.1\r\nHost: docker\r\n"
-                   f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
-                   "\r\n").encode() + payload
+        request = self._request(method, path,
+                                b"" if body is None else json.dumps(body).encode())
         while True:
             kept = bool(self._idle)
             try:
@@ -329,42 +327,37 @@ class Engine:
         """Start the exec and return its raw output stream (8-byte framed, as the engine
         sends it without a TTY; the bare bytes with `tty`). Raises `ExecStartError` when
         the engine refuses."""
-        api = self.api
         connection = await self._open_connection()
         if connection is None:
             return await self._attach_with_sdk(exec_id, tty)
         reader, writer = connection
-        body = json.dumps({"Detach": False, "Tty": tty}).encode()
-        request = (f"POST /v{api._version}/exec/{exec_id}/start HTTP/1.1\r\n"
-                   "Host: docker\r\nContent-Type: application/json\r\n"
-                   f"Content-Length: {len(body)}\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
-                   "\r\n").encode() + body
+        request = self._request("POST", f"/exec/{exec_id}/start",
+                                json.dumps({"Detach": False, "Tty": tty}).encode(),
+                                "Connection: Upgrade\r\nUpgrade: tcp\r\n")
         try:
             writer.write(request)
             await writer.drain()
-            head = await reader.readuntil(b"\r\n\r\n")
+            status, status_line, headers = await _read_head(reader)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as error:
             writer.close()
             raise ExecStartError(f"the engine closed the exec stream: {error}") from error
-        status_line, *header_lines = head.decode("latin-1").split("\r\n")
-        status = int(status_line.split()[1])
         if status in (HTTPStatus.SWITCHING_PROTOCOLS, HTTPStatus.OK):
             return AsyncioStream(reader, writer)
-        headers = {}
-        for line in header_lines:
-            key, _, value = line.partition(":")
-            headers[key.strip().lower()] = value.strip()
         try:
-            length = int(headers.get("content-length", "0"))
-            raw = await asyncio.wait_for(reader.readexactly(length), 10) if length else b""
-        except (asyncio.IncompleteReadError, TimeoutError, ValueError):
+            raw = await asyncio.wait_for(_read_body(reader, headers), 10)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError,
+                ValueError):
             raw = b""
         writer.close()
-        try:
-            message = json.loads(raw).get("message", "")
-        except ValueError:
-            message = raw.decode(errors="replace")
-        raise ExecStartError(message or status_line, wrong_state=status == HTTPStatus.CONFLICT)
+        raise ExecStartError(_engine_message(raw) or status_line,
+                             wrong_state=status == HTTPStatus.CONFLICT)
+
+    def _request(self, method: str, path: str, payload: bytes = b"",
+                 headers: str = "") -> bytes:
+        """One request to the engine's versioned API, `headers` (lines) added."""
+        return (f"{method} /v{self.api._version}{path} HTTP/1.1\r\nHost: docker\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+                f"{headers}\r\n").encode() + payload
 
     async def _open_connection(self) -> tuple[asyncio.StreamReader,
                                               asyncio.StreamWriter] | None:
@@ -409,40 +402,56 @@ class Engine:
 async def _exchange(connection: tuple[asyncio.StreamReader, asyncio.StreamWriter],
                     request: bytes) -> tuple[int, str, bytes, bool]:
     """Send one request and read its response: (status, reason, body, whether the
-    connection may be used again). The engine answers JSON with a length or chunked."""
+    connection may be used again)."""
     reader, writer = connection
     writer.write(request)
     await writer.drain()
+    status, status_line, headers = await _read_head(reader)
+    raw = await _read_body(reader, headers)
+    reason = status_line.split(" ", 2)[2:]
+    keep = headers.get("connection", "").lower() != "close"
+    return status, "".join(reason), raw, keep
+
+
+async def _read_head(reader: asyncio.StreamReader) -> tuple[int, str, dict[str, str]]:
+    """A response's status, its status line and its headers (names in lower case)."""
     head = await reader.readuntil(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    _, status, *reason = status_line.split(" ", 2)
     headers: dict[str, str] = {}
     for line in header_lines:
         key, _, value = line.partition(":")
         headers[key.strip().lower()] = value.strip()
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[1].isdigit():
+        raise ValueError(f"not an HTTP status line: {status_line!r}")
+    return int(parts[1]), status_line, headers
+
+
+async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+    """A response's body: the engine sends a length, or chunks."""
     if headers.get("transfer-encoding", "").lower() == "chunked":
         body = bytearray()
         while True:
             size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
             if not size:
                 await reader.readuntil(b"\r\n")
-                break
+                return bytes(body)
             body += await reader.readexactly(size)
             await reader.readexactly(2)
-        raw = bytes(body)
-    else:
-        length = int(headers.get("content-length", "0"))
-        raw = await reader.readexactly(length) if length else b""
-    keep = headers.get("connection", "").lower() != "close"
-    return int(status), reason[0] if reason else "", raw, keep
+    length = int(headers.get("content-length", "0"))
+    return await reader.readexactly(length) if length else b""
+
+
+def _engine_message(raw: bytes) -> str:
+    """The engine's words in an error body (`{"message": …}`), or the body as text."""
+    try:
+        return str(json.loads(raw).get("message", ""))
+    except (ValueError, AttributeError):
+        return raw.decode(errors="replace")
 
 
 def _api_error(method: str, path: str, status: int, reason: str, raw: bytes) -> APIError:
     """The SDK's own error for a refusal, so callers handle both ways alike."""
-    try:
-        explanation = str(json.loads(raw).get("message", ""))
-    except (ValueError, AttributeError):
-        explanation = raw.decode(errors="replace")
     response = requests.Response()
     response.status_code = status
     response.reason = reason
@@ -450,4 +459,4 @@ def _api_error(method: str, path: str, status: int, reason: str, raw: bytes) -> 
     response.url = path
     kind = NotFound if status == HTTPStatus.NOT_FOUND else APIError
     return kind(f"{status} {reason}: {method} {path}", response=response,
-                explanation=explanation)
+                explanation=_engine_message(raw))
