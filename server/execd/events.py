@@ -125,8 +125,7 @@ def encode_text_lines(event_type: str, block: bytes, timestamp: int, *,
     framed = frame_plain_lines(head, tail, held, block, end)
     if framed is not None:
         return framed
-    text = held + block[:end] if held or end < len(block) else block
-    return encode_text_events(event_type, text.splitlines(), timestamp)
+    return encode_text_events(event_type, _joined(held, block, end).splitlines(), timestamp)
 
 
 def _frame_plain_lines(head: bytes, tail: bytes, held: bytes, block: bytes,
@@ -134,13 +133,18 @@ def _frame_plain_lines(head: bytes, tail: bytes, held: bytes, block: bytes,
     """`head + line + tail` for each non-empty line of `held + block[:end]`, or None if
     a byte there needs escaping or is not ASCII: one `replace` over the whole text. The C
     extension `_framing` does the same without the joins and copies (see setup.py)."""
-    text = held + block[:end] if held or end < len(block) else block
+    text = _joined(held, block, end)
     if not text or text.translate(None, _PLAIN_BYTES):
         return None if text else b""
     text = _EMPTY_LINE.sub(b"\n", text).strip(b"\n")
     if not text:
         return b""
     return b"".join((head, text.replace(b"\n", tail + head), tail))
+
+
+def _joined(held: bytes, block: bytes, end: int) -> bytes:
+    """`held + block[:end]`, without a copy when it is the block as it is."""
+    return held + block[:end] if held or end < len(block) else block
 
 
 try:  # built by setup.py where a C compiler is at hand; optional, the same bytes
