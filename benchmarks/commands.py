@@ -144,21 +144,13 @@ def subprocess_round_trips(runs: int, prefix: list[str] | None = None) -> list[f
 CLIENTS = 10
 
 
-def _raw_client(base: str, runs: int) -> list[float]:
-    return raw_round_trips(base, runs)
-
-
-def _bare_client(runs: int) -> list[float]:
-    return subprocess_round_trips(runs)
-
-
 def concurrent_round_trips(bases: list[str], runs: int) -> tuple[list[float], list[float]]:
     """(every round trip of `len(bases)` raw HTTP clients at once, each on its own
     sandbox; every round trip of as many bare `subprocess.run` loops at once)."""
     with ProcessPoolExecutor(len(bases)) as pool:
-        served = [sample for samples in pool.map(_raw_client, bases, [runs] * len(bases))
+        served = [sample for samples in pool.map(raw_round_trips, bases, [runs] * len(bases))
                   for sample in samples]
-        bare = [sample for samples in pool.map(_bare_client, [runs] * len(bases))
+        bare = [sample for samples in pool.map(subprocess_round_trips, [runs] * len(bases))
                 for sample in samples]
     return served, bare
 
