@@ -16,7 +16,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
@@ -57,14 +57,19 @@ def docker_problem() -> str | None:
     return _problem[0]
 
 
+def unavailable(message: str) -> NoReturn:
+    """Skip the calling test for `message`, or fail it where every part the tests use must
+    be there (OPENSANDBOX_REQUIRE_DOCKER=1, as CI sets)."""
+    if os.environ.get("OPENSANDBOX_REQUIRE_DOCKER") == "1":
+        pytest.fail(f"{message} (required here: OPENSANDBOX_REQUIRE_DOCKER=1)")
+    pytest.skip(message)
+
+
 def require_docker() -> None:
     """Skip the calling test (or fail it when OPENSANDBOX_REQUIRE_DOCKER=1) without Docker."""
     reason = docker_problem()
-    if reason is None:
-        return
-    if os.environ.get("OPENSANDBOX_REQUIRE_DOCKER") == "1":
-        pytest.fail(f"Docker is required (OPENSANDBOX_REQUIRE_DOCKER=1) but {reason}")
-    pytest.skip(f"docker runtime tests need Docker: {reason}")
+    if reason is not None:
+        unavailable(f"docker runtime tests need Docker: {reason}")
 
 
 @contextlib.contextmanager
