@@ -18,8 +18,10 @@ clock and ids the test sets: for the parts whose behaviour needs no server proce
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -69,6 +71,24 @@ def docker_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
     remove_docker_sandboxes(sections["docker"]["instance"])
 
 
+@contextlib.contextmanager
+def passable_to_others(checkout: Path) -> Iterator[None]:
+    """While the block runs, other users may pass through (not list) `checkout` and the
+    directories above it that shut them out, so that a server run as nobody reaches this
+    checkout's code and virtualenv wherever it was cloned (`mktemp -d` makes 0700)."""
+    changed: list[tuple[Path, int]] = []
+    for directory in (checkout, *checkout.parents):
+        mode = stat.S_IMODE(directory.stat().st_mode)
+        if not mode & stat.S_IXOTH:
+            os.chmod(directory, mode | stat.S_IXOTH)
+            changed.append((directory, mode))
+    try:
+        yield
+    finally:
+        for directory, mode in reversed(changed):
+            os.chmod(directory, mode)
+
+
 @pytest.fixture(scope="session")
 def unprivileged_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A fake-runtime server run as a normal user (nobody, through `setpriv`) when the tests
@@ -86,20 +106,22 @@ def unprivileged_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
     for path in (workdir, workdir / "state", workdir / "volumes"):
         os.chown(path, NOBODY, NOBODY)
     user = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
-    try:
-        running = launch({}, workdir, prefix=user)
-    except RuntimeError as error:
-        shutil.rmtree(workdir, ignore_errors=True)
-        pytest.skip(f"a server cannot run as nobody here: {error}")
-    health = httpx.get(running.url + "/health", timeout=10).json()
-    if health["isolation"]["mode"] != "container":
+    with passable_to_others(Path(__file__).resolve().parent.parent):
+        try:
+            running = launch({}, workdir, prefix=user)
+        except RuntimeError as error:
+            shutil.rmtree(workdir, ignore_errors=True)
+            pytest.skip(f"a server cannot run as nobody here: {error}")
+        health = httpx.get(running.url + "/health", timeout=10).json()
+        if health["isolation"]["mode"] != "container":
+            running.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
+            pytest.skip("a normal user gets no container here: "
+                        f"{health['isolation'].get('reason', health)}")
+        yield running
         running.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-        pytest.skip("a normal user gets no container here: "
-                    f"{health['isolation'].get('reason', health)}")
-    yield running
-    running.stop()
     shutil.rmtree(workdir, ignore_errors=True)
+
 
 
 @pytest.fixture(scope="session", params=(*RUNTIMES, "fake-unprivileged"))
